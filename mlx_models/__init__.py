@@ -1,0 +1,1 @@
+"""MLX implementations of the model families and the MLX training adapter."""

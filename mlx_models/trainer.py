@@ -1,0 +1,89 @@
+"""The MLX side of the training loop: one optimizer step from numpy micro-batches.
+
+shared/train_loop.py owns the schedule, logging, evaluation and checkpoints; this file
+only does what needs MLX: gradients, accumulation, clipping, the AdamW update.
+"""
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+
+from mlx_models.models import LOSSES, MODEL_CLASSES
+from mlx_models.weights import get_weights, set_weights, to_numpy
+from shared.specs import family_of, get_family
+
+
+def make_optimizer(train) -> optim.Optimizer:
+    """AdamW with torch's conventions: bias correction on, decay only on matrices."""
+    def adamw(weight_decay):
+        return optim.AdamW(learning_rate=train.learning_rate, betas=[train.beta1, train.beta2],
+                           eps=train.eps, weight_decay=weight_decay, bias_correction=True)
+    return optim.MultiOptimizer([adamw(train.weight_decay), adamw(0.0)],
+                                [lambda path, p: p.ndim >= 2])
+
+
+class Trainer:
+    backend = "mlx"
+
+    def __init__(self, spec, train, weights: dict[str, np.ndarray] | None = None):
+        family = get_family(family_of(spec))
+        self.spec, self.train_cfg, self.manifest = spec, train, family.manifest(spec)
+        self.model = MODEL_CLASSES[family.name](spec)
+        set_weights(self.model, self.manifest,
+                    weights if weights is not None else family.init_weights(spec, train.seed),
+                    source="initial weights")
+        self.model.checkpoint_activations = train.gradient_checkpointing
+        self.model.train(spec.dropout > 0)
+        self._loss_fn = LOSSES[family.name]
+        self._value_and_grad = nn.value_and_grad(self.model, self._loss_fn)
+        self.optimizer = make_optimizer(train)
+        mx.random.seed(train.seed)
+
+    def train_step(self, micro_batches: list[np.ndarray], lr: float) -> dict:
+        """Average gradients over the micro-batches, clip, update. A non-finite loss or
+        gradient norm leaves weights and optimizer state untouched."""
+        grads, total = None, 0.0
+        for batch in micro_batches:
+            loss, g = self._value_and_grad(self.model, mx.array(batch))
+            grads = g if grads is None else tree_map(mx.add, grads, g)
+            # Evaluate now so only one micro-batch's graph is alive at a time:
+            # memory stays flat as accumulation grows.
+            mx.eval(loss, grads)
+            total += loss.item()
+        k = len(micro_batches)
+        grads = tree_map(lambda g: g / k, grads)
+        if self.train_cfg.max_grad_norm > 0:
+            grads, norm = optim.clip_grad_norm(grads, self.train_cfg.max_grad_norm)
+        else:
+            norm = optim.clip_grad_norm(grads, float("inf"))[1]
+        loss, norm = total / k, norm.item()
+        if not (np.isfinite(loss) and np.isfinite(norm)):
+            return {"loss": loss, "grad_norm": norm, "skipped": True}
+        self.optimizer.learning_rate = lr
+        self.optimizer.update(self.model, grads)
+        mx.eval(self.model.parameters(), self.optimizer.state)
+        return {"loss": loss, "grad_norm": norm, "skipped": False}
+
+    def eval_loss(self, batch: np.ndarray) -> float:
+        was_training = self.model.training
+        self.model.eval()
+        loss = self._loss_fn(self.model, mx.array(batch)).item()
+        self.model.train(was_training)
+        return loss
+
+    # -- state for checkpoints and parity checks --------------------------------------
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return get_weights(self.model, self.manifest)
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        return {k: to_numpy(v) for k, v in tree_flatten(self.optimizer.state)}
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        self.optimizer.state = tree_unflatten([(k, mx.array(v)) for k, v in state.items()])
+
+    def memory(self) -> tuple[int, int]:
+        """(active, peak) bytes as MLX reports them."""
+        return mx.get_active_memory(), mx.get_peak_memory()

@@ -1,0 +1,169 @@
+"""Framework-neutral checkpoints: a directory with the weights as safetensors in canonical
+layout plus the resolved config.
+
+    CKPT/
+      model.safetensors   canonical names, shapes and dtypes (bf16 stays bf16)
+      config.yaml         {"family": ..., "model": {...}, ...} -- everything needed to rebuild
+
+Writes go to a temporary sibling directory that is renamed into place, so a crash never
+leaves a half-written checkpoint and never destroys the previous one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import safetensors
+import yaml
+
+from shared.specs.base import ParamSpec
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+
+_DTYPE_TO_ST = {
+    np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.float64): "F64",
+    np.dtype(ml_dtypes.bfloat16): "BF16", np.dtype(np.int64): "I64",
+    np.dtype(np.int32): "I32", np.dtype(np.int16): "I16", np.dtype(np.int8): "I8",
+    np.dtype(np.uint64): "U64", np.dtype(np.uint32): "U32", np.dtype(np.uint16): "U16",
+    np.dtype(np.uint8): "U8", np.dtype(np.bool_): "BOOL",
+}
+_ST_TO_DTYPE = {v: k for k, v in _DTYPE_TO_ST.items()}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or does not match the model."""
+
+
+# ---------------------------------------------------------------- safetensors files
+def save_safetensors(path: str | Path, tensors: dict[str, np.ndarray],
+                     metadata: dict[str, str] | None = None) -> None:
+    entries = {}
+    for name, array in tensors.items():
+        array = np.ascontiguousarray(array)
+        if array.dtype not in _DTYPE_TO_ST:
+            raise CheckpointError(f"cannot store {name!r}: unsupported dtype {array.dtype}")
+        entries[name] = {"dtype": _DTYPE_TO_ST[array.dtype], "shape": list(array.shape),
+                         "data": array.tobytes()}
+    safetensors.serialize_file(entries, str(path), metadata=metadata)
+
+
+def load_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a safetensors file into numpy arrays (memory-mapped, copy-on-access).
+    Handles BF16, which safetensors' own numpy reader cannot."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(header_len))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    header.pop("__metadata__", None)
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
+    tensors = {}
+    for name, info in header.items():
+        dtype = _ST_TO_DTYPE.get(info["dtype"])
+        if dtype is None:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+        start, end = info["data_offsets"]
+        tensors[name] = np.asarray(data[start:end]).view(dtype).reshape(info["shape"])
+    return tensors
+
+
+# ---------------------------------------------------------------- checkpoint directories
+def save_checkpoint(directory: str | Path, weights: dict[str, np.ndarray], config: dict,
+                    extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write weights + config atomically. An existing checkpoint at `directory` is
+    replaced only once the new one is completely on disk."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        save_safetensors(tmp / WEIGHTS_FILE, weights)
+        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+        for name, content in (extra_files or {}).items():
+            (tmp / name).write_bytes(content)
+        _replace_dir(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(directory: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint {directory} does not exist or is not a directory")
+    for required in (WEIGHTS_FILE, CONFIG_FILE):
+        if not (directory / required).is_file():
+            raise CheckpointError(f"checkpoint {directory} has no {required}; a checkpoint "
+                                  f"directory holds {WEIGHTS_FILE} and {CONFIG_FILE}")
+    try:
+        config = yaml.safe_load((directory / CONFIG_FILE).read_text())
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"{directory / CONFIG_FILE} is not valid YAML: {e}") from None
+    if not isinstance(config, dict) or "family" not in config or "model" not in config:
+        raise CheckpointError(f"{directory / CONFIG_FILE} must hold 'family' and 'model' keys")
+    return load_safetensors(directory / WEIGHTS_FILE), config
+
+
+def check_weights(weights: dict[str, np.ndarray], manifest: list[ParamSpec],
+                  source: str = "checkpoint") -> None:
+    """Raise CheckpointError listing every missing, unexpected and mis-shaped parameter."""
+    expected = {p.name: p.shape for p in manifest}
+    missing = [n for n in expected if n not in weights]
+    unexpected = [n for n in weights if n not in expected]
+    wrong = [f"{n}: {source} has {tuple(weights[n].shape)}, model expects {expected[n]}"
+             for n in expected if n in weights and tuple(weights[n].shape) != expected[n]]
+    if not (missing or unexpected or wrong):
+        return
+    lines = [f"{source} does not match the model config "
+             f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} wrong shape):"]
+    lines += [f"  missing: {n}" for n in missing[:20]]
+    lines += [f"  unexpected: {n}" for n in unexpected[:20]]
+    lines += [f"  shape: {w}" for w in wrong[:20]]
+    if len(missing) + len(unexpected) + len(wrong) > 60:
+        lines.append("  ...")
+    lines.append("Fix: build the model from the checkpoint's own config.yaml, or point at a "
+                 "checkpoint trained with this model config.")
+    raise CheckpointError("\n".join(lines))
+
+
+def open_checkpoint(directory: str | Path):
+    """Load a checkpoint and rebuild its spec: returns (family, spec, manifest, weights,
+    config). Weights are validated against the manifest the config implies."""
+    from shared.specs import get_family, spec_from_dict
+    from shared.specs.base import SpecError
+
+    weights, config = load_checkpoint(directory)
+    try:
+        family = get_family(config["family"])
+        spec = spec_from_dict(family.name, config["model"])
+    except (SpecError, TypeError) as e:
+        raise CheckpointError(f"{Path(directory) / CONFIG_FILE}: {e}") from None
+    manifest = family.manifest(spec)
+    check_weights(weights, manifest, source=f"checkpoint {directory}")
+    return family.name, spec, manifest, weights, config
+
+
+def checkpoint_config(spec, extra: dict | None = None) -> dict:
+    """The config.yaml content for a model spec (plus any resolved training config)."""
+    from dataclasses import asdict
+    from shared.specs import family_of
+
+    return {"family": family_of(spec), "model": asdict(spec), **(extra or {})}

@@ -1,0 +1,218 @@
+"""Typed, strict run configs: YAML -> dataclasses.
+
+A config file has the sections `family` (which model), `model` (the family's spec),
+`data`, `train` and `hardware`. Unknown keys, wrong types and impossible values raise
+ConfigError with one line that names the key and the fix. `section.key=value` overrides
+from the command line are parsed as YAML scalars and applied before validation.
+"""
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+
+import yaml
+
+from shared.specs import FAMILIES, get_family
+from shared.specs.base import SpecError
+
+
+class ConfigError(ValueError):
+    """A config problem; the message is one line naming the key and the fix."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Text files to train on. Empty: the built-in corpus that ships with the package.
+    train_files: list[str] = field(default_factory=list)
+    val_files: list[str] = field(default_factory=list)
+    # SentencePiece model; empty: train one from the training text into the run directory.
+    tokenizer: str = ""
+    tokenizer_type: str = "unigram"     # unigram | bpe
+    val_fraction: float = 0.05          # held out from train_files when val_files is empty
+    seed: int = 0
+
+    def validate(self):
+        if self.tokenizer_type not in ("unigram", "bpe"):
+            raise ConfigError(f"data.tokenizer_type must be 'unigram' or 'bpe', got {self.tokenizer_type!r}")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise ConfigError(f"data.val_fraction must be in (0, 0.5), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 1337
+    batch_size: int = 8                    # micro-batch: sequences per forward/backward
+    gradient_accumulation_steps: int = 1   # micro-batches per optimizer step
+    seq_length: int = 0                    # tokens per training sequence; 0: model.max_seq_length
+    max_steps: int = 1000
+    learning_rate: float = 3e-4
+    min_lr: float = 3e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0             # 0 disables clipping
+    gradient_checkpointing: bool = False
+    precision: str = "fp32"                # fp32 | bf16 | fp16 (fp16: torch CUDA only)
+    compile: bool = False
+    log_every: int = 10
+    eval_every: int = 100
+    eval_batches: int = 20
+    save_every: int = 500
+    keep_last: int = 3
+    max_bad_steps: int = 5                 # stop after this many non-finite steps in a row
+
+    def validate(self):
+        for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "log_every",
+                     "eval_every", "eval_batches", "save_every", "keep_last", "max_bad_steps"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("seq_length", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"train.learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.min_lr <= self.learning_rate:
+            raise ConfigError(f"train.min_lr must be in [0, learning_rate={self.learning_rate}], "
+                              f"got {self.min_lr}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.eps <= 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ConfigError("train.eps must be > 0, train.weight_decay and "
+                              "train.max_grad_norm must be >= 0")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got {self.precision!r}")
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    device: str = "cpu"   # a profile name (see shared/hardware.py); informs the planner
+
+    def validate(self):
+        pass
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    family: str
+    model: typing.Any
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+
+    @property
+    def seq_length(self) -> int:
+        return self.train.seq_length or self.model.max_seq_length
+
+    def to_dict(self) -> dict:
+        return {"family": self.family, "model": asdict(self.model), "data": asdict(self.data),
+                "train": asdict(self.train), "hardware": asdict(self.hardware)}
+
+
+SECTIONS = {"data": DataConfig, "train": TrainConfig, "hardware": HardwareConfig}
+
+
+def _did_you_mean(key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(value, annotation, where: str):
+    """Check `value` against a dataclass field type; ints are accepted for floats."""
+    hint = typing.get_origin(annotation) or annotation
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (list, typing.List):
+        if not isinstance(value, list):
+            value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {type(value).__name__} {value!r}")
+        return [str(v) for v in value]
+    if hint in (int, float, str, bool):
+        ok = isinstance(value, hint) and not (hint is int and isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"{where} must be {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls, values: dict, section: str):
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"section {section!r} must be a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown key {section}.{key}{_did_you_mean(key, known)}")
+        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+    try:
+        return cls(**kwargs)
+    except SpecError as e:
+        raise ConfigError(str(e)) from None
+
+
+def parse_override(text: str) -> tuple[str, str, object]:
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override {text!r} must look like section.key=value, e.g. train.batch_size=4")
+    path, raw = text.split("=", 1)
+    section, key = path.split(".", 1)
+    return section, key, yaml.safe_load(raw) if raw != "" else ""
+
+
+def config_from_dict(raw: dict, overrides: list[str] = ()) -> RunConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("a config file must be a YAML mapping with sections family, model, "
+                          "data, train, hardware")
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section not in ("model", *SECTIONS):
+            raise ConfigError(f"unknown section {section!r} in override {text!r}"
+                              f"{_did_you_mean(section, ['model', *SECTIONS])}")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raw[section] = {}
+        raw[section][key] = value
+    known_top = {"family", "model", *SECTIONS}
+    for key in raw:
+        if key not in known_top:
+            raise ConfigError(f"unknown section {key!r}{_did_you_mean(key, known_top)}; "
+                              f"sections are: {', '.join(sorted(known_top))}")
+    family = raw.get("family", "lm")
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+    model = _build(get_family(family).spec_class, raw.get("model"), "model")
+    sections = {name: _build(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
+    for section in sections.values():
+        section.validate()
+    config = RunConfig(family=family, model=model, **sections)
+    if config.seq_length > config.model.max_seq_length:
+        raise ConfigError(f"train.seq_length ({config.seq_length}) exceeds model.max_seq_length "
+                          f"({config.model.max_seq_length})")
+    return config
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config (None: the built-in tiny default) and apply overrides."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    try:
+        return config_from_dict(raw or {}, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+# The default run (no --config): the tiny LM in the repository's configs/.
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"

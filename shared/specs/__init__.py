@@ -1,0 +1,50 @@
+"""Model families as data. Each family registers its spec class, manifest builder,
+parameter counter and initialiser here; everything framework-specific looks them up."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+import numpy as np
+
+from shared.specs.base import ParamSpec, SpecError
+from shared.specs.lm import LMSpec, lm_init_weights, lm_manifest, lm_param_counts
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    spec_class: type
+    manifest: Callable[[Any], list[ParamSpec]]
+    init_weights: Callable[[Any, int], dict[str, np.ndarray]]
+    param_counts: Callable[[Any], dict[str, int]]
+
+
+FAMILIES: dict[str, Family] = {
+    "lm": Family("lm", LMSpec, lm_manifest, lm_init_weights, lm_param_counts),
+}
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise SpecError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def spec_from_dict(family: str, values: dict) -> Any:
+    """Build a family's spec from plain data (a config section or a checkpoint's config),
+    rejecting unknown keys by name."""
+    cls = get_family(family).spec_class
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SpecError(f"unknown model key(s) for family {family!r}: {', '.join(unknown)}; "
+                        f"known keys: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+def family_of(spec: Any) -> str:
+    for fam in FAMILIES.values():
+        if isinstance(spec, fam.spec_class):
+            return fam.name
+    raise SpecError(f"{type(spec).__name__} is not a registered model spec")

@@ -1,0 +1,49 @@
+"""What every model family's spec provides: a parameter manifest.
+
+A manifest lists every trainable parameter with its canonical name, canonical shape and
+layout kind. Canonical layout is PyTorch's (what Hugging Face and most checkpoints use);
+the layout kind tells `shared.layout` how to turn it into a backend's native layout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Layout kinds. Only convolutions differ between MLX (channels-last) and torch.
+LINEAR = "linear"                      # (out, in) on both backends
+EMBEDDING = "embedding"                # (num, dim) on both backends
+NORM = "norm"                          # (dim,) scale or bias
+BIAS = "bias"                          # (dim,)
+CONV1D = "conv1d"                      # torch (O, I, K)        mlx (O, K, I)
+CONV2D = "conv2d"                      # torch (O, I, kH, kW)   mlx (O, kH, kW, I)
+CONV_TRANSPOSE1D = "conv_transpose1d"  # torch (I, O, K)        mlx (O, K, I)
+CONV_TRANSPOSE2D = "conv_transpose2d"  # torch (I, O, kH, kW)   mlx (O, kH, kW, I)
+OTHER = "other"                        # any tensor stored identically on both sides
+
+LAYOUT_KINDS = (LINEAR, EMBEDDING, NORM, BIAS, CONV1D, CONV2D,
+                CONV_TRANSPOSE1D, CONV_TRANSPOSE2D, OTHER)
+
+
+class SpecError(ValueError):
+    """A spec whose hyperparameters cannot build a model."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str                # canonical dotted path, e.g. "layers.0.attention.q_proj.weight"
+    shape: tuple[int, ...]   # canonical (torch) shape
+    kind: str                # one of LAYOUT_KINDS
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+def manifest_dict(manifest: list[ParamSpec]) -> dict[str, ParamSpec]:
+    return {p.name: p for p in manifest}
+
+
+def count_params(manifest: list[ParamSpec]) -> int:
+    return sum(p.numel for p in manifest)

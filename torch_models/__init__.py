@@ -1,0 +1,1 @@
+"""PyTorch implementations of the model families and the torch training adapter."""

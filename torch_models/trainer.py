@@ -1,0 +1,86 @@
+"""The torch side of the training loop: one optimizer step from numpy micro-batches.
+
+shared/train_loop.py owns the schedule, logging, evaluation and checkpoints; this file
+only does what needs torch: gradients, accumulation, clipping, the AdamW update.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from shared.specs import family_of, get_family
+from torch_models.models import LOSSES, MODEL_CLASSES
+from torch_models.weights import get_weights, set_weights
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_optimizer(model: torch.nn.Module, train) -> torch.optim.Optimizer:
+    """AdamW, decay only on matrices (norm scales and biases are not decayed)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": train.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=train.learning_rate, betas=(train.beta1, train.beta2),
+                             eps=train.eps)
+
+
+class Trainer:
+    backend = "torch"
+
+    def __init__(self, spec, train, weights: dict[str, np.ndarray] | None = None,
+                 device: torch.device | str | None = None):
+        family = get_family(family_of(spec))
+        self.spec, self.train_cfg, self.manifest = spec, train, family.manifest(spec)
+        self.device = torch.device(device) if device is not None else default_device()
+        torch.manual_seed(train.seed)
+        self.model = MODEL_CLASSES[family.name](spec).to(self.device)
+        set_weights(self.model, self.manifest,
+                    weights if weights is not None else family.init_weights(spec, train.seed),
+                    source="initial weights")
+        self.model.checkpoint_activations = train.gradient_checkpointing
+        self.model.train(spec.dropout > 0)
+        self._loss_fn = LOSSES[family.name]
+        self.optimizer = make_optimizer(self.model, train)
+
+    def _batch(self, batch: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
+
+    def train_step(self, micro_batches: list[np.ndarray], lr: float) -> dict:
+        """Average gradients over the micro-batches, clip, update. A non-finite loss or
+        gradient norm leaves weights and optimizer state untouched."""
+        self.optimizer.zero_grad(set_to_none=True)
+        k, total = len(micro_batches), 0.0
+        for batch in micro_batches:
+            loss = self._loss_fn(self.model, self._batch(batch))
+            (loss / k).backward()  # .grad sums across micro-batches; activations are freed
+            total += loss.item()
+        max_norm = self.train_cfg.max_grad_norm if self.train_cfg.max_grad_norm > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
+        loss = total / k
+        if not (np.isfinite(loss) and np.isfinite(norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"loss": loss, "grad_norm": norm, "skipped": True}
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        return {"loss": loss, "grad_norm": norm, "skipped": False}
+
+    @torch.no_grad()
+    def eval_loss(self, batch: np.ndarray) -> float:
+        was_training = self.model.training
+        self.model.eval()
+        loss = self._loss_fn(self.model, self._batch(batch)).item()
+        self.model.train(was_training)
+        return loss
+
+    # -- state for checkpoints and parity checks --------------------------------------
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return get_weights(self.model, self.manifest)
+
+    def memory(self) -> tuple[int, int]:
+        """(allocated, peak) bytes on CUDA; on CPU torch keeps no allocator statistics."""
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device), torch.cuda.max_memory_allocated(self.device)
+        return 0, 0
