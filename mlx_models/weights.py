@@ -1,6 +1,7 @@
 """MLX module <-> canonical numpy weights. Layout transforms come from the manifest."""
 from __future__ import annotations
 
+import ml_dtypes
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
@@ -11,7 +12,9 @@ from shared.specs.base import ParamSpec
 
 
 def to_numpy(array: mx.array) -> np.ndarray:
-    return np.array(array)  # bf16 arrives as ml_dtypes.bfloat16, exactly
+    if array.dtype == mx.bfloat16:  # numpy's bf16 comes from ml_dtypes; move the bits
+        return np.array(array.view(mx.uint16)).view(ml_dtypes.bfloat16)
+    return np.array(array)
 
 
 def get_weights(model, manifest: list[ParamSpec]) -> dict[str, np.ndarray]:

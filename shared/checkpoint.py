@@ -18,7 +18,6 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
-import safetensors
 import yaml
 
 from shared.specs.base import ParamSpec
@@ -43,35 +42,64 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------- safetensors files
 def save_safetensors(path: str | Path, tensors: dict[str, np.ndarray],
                      metadata: dict[str, str] | None = None) -> None:
-    entries = {}
+    """Write the safetensors format: an 8-byte little-endian header length, a JSON header
+    (dtype, shape, byte offsets per tensor), then the raw bytes back to back.
+
+    Written here rather than through the safetensors package, whose writer API changed
+    between releases (dicts before 0.8, raw-pointer TensorSpec after); the tests read our
+    files back with safetensors' own reader."""
+    header, offset, arrays = {}, 0, []
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     for name, array in tensors.items():
         array = np.ascontiguousarray(array)
         if array.dtype not in _DTYPE_TO_ST:
             raise CheckpointError(f"cannot store {name!r}: unsupported dtype {array.dtype}")
-        entries[name] = {"dtype": _DTYPE_TO_ST[array.dtype], "shape": list(array.shape),
-                         "data": array.tobytes()}
-    safetensors.serialize_file(entries, str(path), metadata=metadata)
+        header[name] = {"dtype": _DTYPE_TO_ST[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+        arrays.append(array)
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for array in arrays:
+            f.write(array.tobytes())
 
 
 def load_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     """Read a safetensors file into numpy arrays (memory-mapped, copy-on-access).
     Handles BF16, which safetensors' own numpy reader cannot."""
     path = Path(path)
+    def unreadable(why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: not a readable safetensors file ({why}); "
+                               f"re-save it or point at another checkpoint")
     try:
+        size = path.stat().st_size
         with open(path, "rb") as f:
             header_len = int.from_bytes(f.read(8), "little")
+            if size < 8 or header_len > size - 8:
+                raise unreadable(f"header length {header_len} exceeds file size {size}")
             header = json.loads(f.read(header_len))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    except OSError as e:
+        raise unreadable(str(e)) from None
+    except ValueError:
+        raise unreadable("header is not JSON") from None
     header.pop("__metadata__", None)
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
+    data_size = size - 8 - header_len
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len) if data_size else None
     tensors = {}
     for name, info in header.items():
-        dtype = _ST_TO_DTYPE.get(info["dtype"])
+        dtype = _ST_TO_DTYPE.get(info.get("dtype"))
         if dtype is None:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+            raise unreadable(f"tensor {name!r} has unsupported dtype {info.get('dtype')}")
         start, end = info["data_offsets"]
-        tensors[name] = np.asarray(data[start:end]).view(dtype).reshape(info["shape"])
+        count = int(np.prod(info["shape"], dtype=np.int64))
+        if not 0 <= start <= end <= data_size or end - start != count * dtype.itemsize:
+            raise unreadable(f"tensor {name!r} has inconsistent byte offsets (truncated file?)")
+        raw = data[start:end] if count else np.zeros(0, np.uint8)
+        tensors[name] = np.asarray(raw).view(dtype).reshape(info["shape"])
     return tensors
 
 

@@ -18,7 +18,8 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def from_numpy(array: np.ndarray) -> torch.Tensor:
-    array = np.ascontiguousarray(array)
+    """A torch tensor owning a copy (checkpoint arrays are read-only memory maps)."""
+    array = np.array(array, copy=True, order="C")
     if array.dtype == ml_dtypes.bfloat16:
         return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
     return torch.from_numpy(array)
@@ -37,4 +38,4 @@ def set_weights(model: torch.nn.Module, manifest: list[ParamSpec],
     with torch.no_grad():
         for p in manifest:
             value = from_numpy(to_backend(weights[p.name], p.kind, "torch"))
-            params[p.name].data = value.to(params[p.name].device).clone()
+            params[p.name].data = value.to(params[p.name].device)

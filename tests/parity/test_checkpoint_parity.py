@@ -1,0 +1,125 @@
+"""Checkpoints move between backends bit for bit, in fp32 and bf16."""
+import dataclasses
+
+import ml_dtypes
+import mlx.core as mx
+import numpy as np
+import pytest
+import torch
+from mlx.utils import tree_map
+
+import mlx_models.models as mm
+import torch_models.models as tm
+from shared.checkpoint import CheckpointError, load_checkpoint
+
+
+def bits(weights):
+    return {k: np.ascontiguousarray(v).view(np.uint8).tobytes() for k, v in weights.items()}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_mlx_torch_mlx_round_trip_is_bit_identical(tmp_path, tiny_lm_spec, dtype):
+    model = mm.build_model(tiny_lm_spec, seed=3)
+    if dtype == "bfloat16":
+        model.update(tree_map(lambda p: p.astype(mx.bfloat16), model.parameters()))
+    mm.save_model(model, tmp_path / "from_mlx")
+    original, _ = load_checkpoint(tmp_path / "from_mlx")
+    assert all(v.dtype == np.dtype(getattr(ml_dtypes, dtype, dtype)) for v in original.values())
+
+    torch_model, config = tm.load_model(tmp_path / "from_mlx")
+    expected_torch = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+    assert all(p.dtype == expected_torch for p in torch_model.parameters())
+    tm.save_model(torch_model, tmp_path / "from_torch")
+
+    mlx_again, _ = mm.load_model(tmp_path / "from_torch")
+    mm.save_model(mlx_again, tmp_path / "back_to_mlx")
+    for name in ("from_torch", "back_to_mlx"):
+        weights, _ = load_checkpoint(tmp_path / name)
+        assert bits(weights) == bits(original), name
+
+
+def test_torch_checkpoint_loads_in_mlx_with_same_logits(tmp_path, tiny_lm_spec):
+    torch_model = tm.build_model(tiny_lm_spec, seed=4)
+    tm.save_model(torch_model, tmp_path / "ckpt")
+    mlx_model, config = mm.load_model(tmp_path / "ckpt")
+    assert config["family"] == "lm" and config["model"]["hidden_size"] == 64
+    x = np.arange(12, dtype=np.int32).reshape(1, 12)
+    a = np.array(mlx_model(mx.array(x)))
+    b = torch_model(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
+
+
+def test_mismatched_checkpoint_lists_every_problem(tmp_path, tiny_lm_spec):
+    mm.save_model(mm.build_model(tiny_lm_spec), tmp_path / "ckpt")
+    # Pretend the config changed after training (seed 004's warning): wider MLP, one
+    # more layer. Loading must say exactly which parameters disagree.
+    import yaml
+    cfg_path = tmp_path / "ckpt" / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["model"]["intermediate_size"] = 128
+    cfg["model"]["num_layers"] = 3
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    for backend in (mm, tm):
+        with pytest.raises(CheckpointError) as err:
+            backend.load_model(tmp_path / "ckpt")
+        msg = str(err.value)
+        assert "missing: layers.2.attention.q_proj.weight" in msg
+        assert "shape: layers.0.mlp.gate_proj.weight: checkpoint" in msg
+        assert "(96, 64), model expects (128, 64)" in msg
+
+
+def test_unexpected_and_missing_names_are_reported(tmp_path, tiny_lm_spec):
+    from shared.checkpoint import check_weights
+    from shared.specs.lm import lm_init_weights, lm_manifest
+    weights = lm_init_weights(tiny_lm_spec)
+    weights["layers.0.attention.q_bias"] = np.zeros(4, np.float32)
+    del weights["norm.weight"]
+    with pytest.raises(CheckpointError) as err:
+        check_weights(weights, lm_manifest(tiny_lm_spec))
+    assert "missing: norm.weight" in str(err.value)
+    assert "unexpected: layers.0.attention.q_bias" in str(err.value)
+
+
+def test_bad_checkpoint_directories(tmp_path, tiny_lm_spec):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        mm.load_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="has no model.safetensors"):
+        tm.load_model(tmp_path / "empty")
+    mm.save_model(mm.build_model(tiny_lm_spec), tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        mm.load_model(tmp_path / "ckpt")
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, tiny_lm_spec):
+    from shared.checkpoint import save_checkpoint
+    model = mm.build_model(tiny_lm_spec, seed=5)
+    mm.save_model(model, tmp_path / "ckpt")
+    before = bits(load_checkpoint(tmp_path / "ckpt")[0])
+    with pytest.raises(Exception):
+        save_checkpoint(tmp_path / "ckpt", {"w": np.zeros(3, dtype=object)}, {"family": "lm"})
+    assert bits(load_checkpoint(tmp_path / "ckpt")[0]) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp dirs left
+
+
+def test_our_safetensors_files_read_back_with_the_safetensors_library(tmp_path):
+    from shared.checkpoint import load_safetensors, save_safetensors
+    rng = np.random.default_rng(0)
+    tensors = {"a": rng.standard_normal((3, 5)).astype(np.float32),
+               "b": np.arange(7, dtype=np.int64), "c": rng.standard_normal(4).astype(np.float16),
+               "d": rng.standard_normal((2, 3)).astype(ml_dtypes.bfloat16)}
+    save_safetensors(tmp_path / "x.safetensors", tensors, metadata={"format": "pt"})
+    ours = load_safetensors(tmp_path / "x.safetensors")
+    assert bits(ours) == bits(tensors)
+    # The library has no numpy bf16; check the rest through it, bf16 through torch.
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "x.safetensors"), framework="pt") as f:
+        assert f.metadata() == {"format": "pt"}
+        for name, array in tensors.items():
+            t = f.get_tensor(name)
+            if name == "d":
+                assert t.dtype == torch.bfloat16
+                assert np.array_equal(t.view(torch.uint16).numpy(), array.view(np.uint16))
+            else:
+                assert np.array_equal(t.numpy(), array)
