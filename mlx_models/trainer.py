@@ -13,6 +13,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from mlx_models.models import LOSSES, MODEL_CLASSES
 from mlx_models.weights import get_weights, set_weights, to_numpy
+from shared.layout import from_backend, to_backend
 from shared.specs import family_of, get_family
 
 
@@ -78,11 +79,45 @@ class Trainer:
     def get_weights(self) -> dict[str, np.ndarray]:
         return get_weights(self.model, self.manifest)
 
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        set_weights(self.model, self.manifest, weights, source="checkpoint")
+
     def optimizer_state(self) -> dict[str, np.ndarray]:
-        return {k: to_numpy(v) for k, v in tree_flatten(self.optimizer.state)}
+        """AdamW moments under canonical names and layout ("<param>.m", "<param>.v"),
+        plus "step": the same format torch_models writes, so state moves across backends."""
+        kinds = {p.name: p.kind for p in self.manifest}
+        state = {}
+        for key, value in tree_flatten(self.optimizer.state):
+            _, _, rest = key.split(".", 2)           # "states.<i>.<param>.m"
+            if rest in ("step", "learning_rate"):
+                if rest == "step":
+                    state["step"] = np.array(value.item(), np.int64)
+                continue
+            name, moment = rest.rsplit(".", 1)
+            state[f"{name}.{moment}"] = from_backend(to_numpy(value), kinds[name], "mlx")
+        return state
 
     def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        self.optimizer.state = tree_unflatten([(k, mx.array(v)) for k, v in state.items()])
+        params = dict(tree_flatten(self.model.trainable_parameters()))
+        trees = []
+        for i, owns in enumerate([lambda p: p.ndim >= 2, lambda p: p.ndim < 2]):
+            entries = [(f"{p.name}.{m}", mx.array(to_backend(state[f"{p.name}.{m}"], p.kind, "mlx")))
+                       for p in self.manifest if owns(params[p.name]) for m in ("m", "v")]
+            tree = tree_unflatten(entries)
+            tree["step"] = mx.array(int(state["step"]), mx.uint64)
+            tree["learning_rate"] = mx.array(self.train_cfg.learning_rate, mx.float32)
+            trees.append(tree)
+        self.optimizer.state = {"states": trees}
+        for sub, tree in zip(self.optimizer.optimizers, trees):
+            sub.state = tree
+            sub._initialized = True
+        mx.eval(self.optimizer.state)
+
+    def rng_state(self) -> dict[str, np.ndarray]:
+        return {"mlx": np.array(mx.random.state[0])}
+
+    def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
+        mx.random.state[0] = mx.array(state["mlx"])
 
     def memory(self) -> tuple[int, int]:
         """(active, peak) bytes as MLX reports them."""

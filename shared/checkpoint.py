@@ -104,23 +104,33 @@ def load_safetensors(path: str | Path) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------- checkpoint directories
-def save_checkpoint(directory: str | Path, weights: dict[str, np.ndarray], config: dict,
-                    extra_files: dict[str, bytes] | None = None) -> Path:
-    """Write weights + config atomically. An existing checkpoint at `directory` is
-    replaced only once the new one is completely on disk."""
+def write_directory(directory: str | Path, files: dict[str, bytes | dict[str, np.ndarray]]) -> Path:
+    """Write a directory of files atomically: raw bytes, or arrays (written as
+    safetensors). It is built in a temporary sibling and renamed into place, so readers
+    see the old directory or the complete new one, never a half-written one, and a failed
+    write leaves the old one untouched."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
-        save_safetensors(tmp / WEIGHTS_FILE, weights)
-        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
-        for name, content in (extra_files or {}).items():
-            (tmp / name).write_bytes(content)
+        for name, content in files.items():
+            if isinstance(content, dict):
+                # "format: pt" lets Hugging Face tools open the file too.
+                save_safetensors(tmp / name, content, metadata={"format": "pt"})
+            else:
+                (tmp / name).write_bytes(content)
         _replace_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def save_checkpoint(directory: str | Path, weights: dict[str, np.ndarray], config: dict,
+                    extra_files: dict[str, bytes | dict[str, np.ndarray]] | None = None) -> Path:
+    """Weights + resolved config (+ extra files), written atomically by write_directory."""
+    files = {WEIGHTS_FILE: weights, CONFIG_FILE: yaml.safe_dump(config, sort_keys=False).encode()}
+    return write_directory(directory, files | (extra_files or {}))
 
 
 def _replace_dir(new: Path, target: Path) -> None:

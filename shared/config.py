@@ -30,7 +30,7 @@ class DataConfig:
     val_files: list[str] = field(default_factory=list)
     # SentencePiece model; empty: train one from the training text into the run directory.
     tokenizer: str = ""
-    tokenizer_type: str = "unigram"     # unigram | bpe
+    tokenizer_type: str = "bpe"         # bpe (Llama-compatible, exports to HF) | unigram
     val_fraction: float = 0.05          # held out from train_files when val_files is empty
     seed: int = 0
 
@@ -94,7 +94,11 @@ class HardwareConfig:
     device: str = "cpu"   # a profile name (see shared/hardware.py); informs the planner
 
     def validate(self):
-        pass
+        from shared.hardware import get_profile
+        try:
+            get_profile(self.device)
+        except ValueError as e:
+            raise ConfigError(f"hardware.device: {e}") from None
 
 
 @dataclass(frozen=True)

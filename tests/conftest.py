@@ -3,6 +3,7 @@ import os
 # Parity needs true fp32 matmuls on both sides (DESIGN.md, parity conventions).
 os.environ.setdefault("MLX_ENABLE_TF32", "0")
 
+import mlx_models  # noqa: E402,F401  -- loads OpenBLAS before any test imports mlx.core
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

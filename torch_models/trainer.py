@@ -10,7 +10,7 @@ import torch
 
 from shared.specs import family_of, get_family
 from torch_models.models import LOSSES, MODEL_CLASSES
-from torch_models.weights import get_weights, set_weights
+from torch_models.weights import from_numpy, get_weights, set_weights, to_numpy
 
 
 def default_device() -> torch.device:
@@ -78,6 +78,44 @@ class Trainer:
     # -- state for checkpoints and parity checks --------------------------------------
     def get_weights(self) -> dict[str, np.ndarray]:
         return get_weights(self.model, self.manifest)
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        set_weights(self.model, self.manifest, weights, source="checkpoint")
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """AdamW moments under canonical names ("<param>.m", "<param>.v") plus "step":
+        the same format mlx_models writes, so state moves across backends."""
+        params = dict(self.model.named_parameters())
+        state, step = {}, 0
+        for p in self.manifest:
+            s = self.optimizer.state.get(params[p.name], {})
+            if s:
+                state[f"{p.name}.m"] = to_numpy(s["exp_avg"])
+                state[f"{p.name}.v"] = to_numpy(s["exp_avg_sq"])
+                step = int(s["step"])
+        state["step"] = np.array(step, np.int64)
+        return state
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        params = dict(self.model.named_parameters())
+        step = torch.tensor(float(state["step"]))
+        for p in self.manifest:
+            param = params[p.name]
+            self.optimizer.state[param] = {
+                "step": step.clone(),
+                "exp_avg": from_numpy(state[f"{p.name}.m"]).to(param.device),
+                "exp_avg_sq": from_numpy(state[f"{p.name}.v"]).to(param.device)}
+
+    def rng_state(self) -> dict[str, np.ndarray]:
+        state = {"torch": torch.get_rng_state().numpy()}
+        if self.device.type == "cuda":
+            state["torch_cuda"] = torch.cuda.get_rng_state(self.device).numpy()
+        return state
+
+    def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
+        torch.set_rng_state(torch.from_numpy(np.array(state["torch"])))
+        if "torch_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(torch.from_numpy(np.array(state["torch_cuda"])), self.device)
 
     def memory(self) -> tuple[int, int]:
         """(allocated, peak) bytes on CUDA; on CPU torch keeps no allocator statistics."""

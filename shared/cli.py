@@ -1,0 +1,33 @@
+"""How the command-line tools report bad input: `error: <message>` on stderr and exit
+status 2, no traceback. A traceback is kept for everything else, because that is a bug."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+from shared.checkpoint import CheckpointError
+from shared.specs.base import SpecError
+
+# Errors that mean "the input is wrong", not "the program is wrong".
+# (CheckpointError and SpecError are ValueErrors; listed to say what is expected.)
+USER_ERRORS = (CheckpointError, SpecError, ValueError, FileNotFoundError, FileExistsError)
+
+
+def run_cli(main_fn: Callable[[], object], errors: tuple = USER_ERRORS) -> int:
+    """Run `main_fn()`; return 0, or 2 after printing one of `errors` as `error: ...`."""
+    try:
+        main_fn()
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def check_output_dir(path: Path, force: bool) -> None:
+    """Refuse to replace anything that is already there unless told to (--force)."""
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise FileExistsError(f"output directory {path} is not empty; pass --force to "
+                              f"replace it")

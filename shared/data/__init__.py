@@ -1,0 +1,1 @@
+"""Data pipelines. Everything yields numpy, so both backends see identical batches."""

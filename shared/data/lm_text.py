@@ -1,0 +1,219 @@
+"""Text -> SentencePiece tokens -> packed training windows.
+
+    text files --train_tokenizer--> tokenizer.model
+    text files --tokenize_corpus--> train.bin / val.bin (uint16 or uint32) + index.json
+    token file --WindowSampler----> (B, seq_len + 1) int32 batches
+
+The sampler is a pure function of (seed, sample position, rank, world size): resuming
+at a position reproduces the exact batches of an uninterrupted run, and each data-parallel
+rank reads a disjoint share of every global batch.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """A data problem; the message names the file and the fix."""
+
+
+# ------------------------------------------------------------------ the built-in corpus
+def builtin_corpus_files() -> list[Path]:
+    """Real Korean text installed with the package's dependencies: the Constitution of
+    the Republic of Korea and ten National Assembly bills, shipped as plain files inside
+    KoNLPy (read as files; KoNLPy itself and its Java parts are never imported)."""
+    spec = importlib.util.find_spec("konlpy")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the built-in corpus comes with the 'konlpy' package, which is not "
+                        "installed; run pip install -e . or set data.train_files")
+    root = Path(spec.submodule_search_locations[0]) / "data" / "corpus"
+    files = sorted(root.glob("kolaw/*.txt")) + sorted(root.glob("kobill/*.txt"))
+    if not files:
+        raise DataError(f"no corpus files under {root}; reinstall konlpy or set data.train_files")
+    return files
+
+
+def read_paragraphs(files: list[str | Path]) -> list[str]:
+    """Non-empty lines of every file, with a clear error for missing or unreadable files."""
+    paragraphs = []
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            raise DataError(f"data file {path} not found; fix data.train_files / data.val_files")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"data file {path} is not UTF-8 text") from None
+        paragraphs += [line.strip() for line in text.splitlines() if line.strip()]
+    return paragraphs
+
+
+def split_paragraphs(paragraphs: list[str], val_fraction: float, seed: int):
+    """A seeded random split by paragraph (not by position, so validation text is spread
+    over every document)."""
+    order = np.random.default_rng(seed).permutation(len(paragraphs))
+    n_val = max(1, int(round(len(paragraphs) * val_fraction)))
+    val = set(order[:n_val].tolist())
+    return ([p for i, p in enumerate(paragraphs) if i not in val],
+            [p for i, p in enumerate(paragraphs) if i in val])
+
+
+# ------------------------------------------------------------------ tokenizer
+def train_tokenizer(paragraphs: list[str], vocab_size: int, model_type: str,
+                    out_path: Path) -> Path:
+    """Train SentencePiece with byte fallback (no unknown tokens, ever) and no text
+    normalisation, as Llama's tokenizer is trained: Hugging Face rebuilds a Llama
+    `tokenizer.model` as exactly that, so only such a model exports faithfully."""
+    import sentencepiece as spm
+
+    if sum(len(p) for p in paragraphs) == 0:
+        raise DataError("the training corpus is empty; point data.train_files at text files")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_prefix = out_path.with_name(out_path.stem + ".tmp")
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(paragraphs), model_prefix=str(tmp_prefix),
+        vocab_size=vocab_size, model_type=model_type, byte_fallback=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False,
+        character_coverage=0.9995, hard_vocab_limit=False, bos_id=1, eos_id=2, unk_id=0,
+        pad_id=-1, num_threads=2, minloglevel=2, max_sentence_length=1 << 16)
+    Path(f"{tmp_prefix}.model").replace(out_path)
+    Path(f"{tmp_prefix}.vocab").unlink(missing_ok=True)
+    return out_path
+
+
+def load_tokenizer(path: str | Path, model_vocab_size: int | None = None):
+    import sentencepiece as spm
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"tokenizer {path} not found; fix data.tokenizer or leave it empty "
+                        f"to train one")
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError) as e:
+        raise DataError(f"tokenizer {path} is not a SentencePiece model ({e})") from None
+    if model_vocab_size is not None and sp.get_piece_size() > model_vocab_size:
+        raise DataError(f"tokenizer {path} has {sp.get_piece_size()} pieces but "
+                        f"model.vocab_size is {model_vocab_size}; set model.vocab_size="
+                        f"{sp.get_piece_size()} or use a smaller tokenizer")
+    return sp
+
+
+# ------------------------------------------------------------------ token files
+def token_dtype(vocab_size: int):
+    return np.uint16 if vocab_size <= 1 << 16 else np.uint32
+
+
+def tokenize_corpus(paragraphs: list[str], sp, path: Path) -> np.ndarray:
+    """Encode paragraphs as one stream (BOS ... EOS per paragraph) into a flat file."""
+    dtype = token_dtype(sp.get_piece_size())
+    ids = sp.encode(paragraphs)
+    stream = np.fromiter((t for doc in ids for t in (sp.bos_id(), *doc, sp.eos_id())), dtype=dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stream.tofile(path)
+    return stream
+
+
+def open_tokens(path: Path, dtype) -> np.ndarray:
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def fingerprint(files: list[str | Path], extra: str = "") -> str:
+    h = hashlib.sha256(extra.encode())
+    for f in files:
+        p = Path(f)
+        h.update(str(p.resolve()).encode())
+        h.update(str(p.stat().st_size).encode())
+        h.update(str(p.stat().st_mtime_ns).encode())
+    return h.hexdigest()[:16]
+
+
+class LMDataset:
+    """Tokenizer plus train/val token streams for a run, built once into `cache_dir`
+    and reused while the sources and settings are unchanged."""
+
+    def __init__(self, data_cfg, vocab_size: int, cache_dir: str | Path):
+        cache = Path(cache_dir)
+        train_files = list(data_cfg.train_files) or builtin_corpus_files()
+        val_files = list(data_cfg.val_files)
+        key = fingerprint(train_files + val_files,
+                          f"{vocab_size}|{data_cfg.tokenizer}|{data_cfg.tokenizer_type}|"
+                          f"{data_cfg.val_fraction}|{data_cfg.seed}")
+        index_path = cache / "index.json"
+        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        tok_path = Path(data_cfg.tokenizer) if data_cfg.tokenizer else cache / "tokenizer.model"
+        if index.get("key") != key or not (cache / "train.bin").is_file():
+            train_text = read_paragraphs(train_files)
+            if val_files:
+                val_text = read_paragraphs(val_files)
+            else:
+                train_text, val_text = split_paragraphs(train_text, data_cfg.val_fraction, data_cfg.seed)
+            if not train_text:
+                raise DataError(f"no text in {', '.join(map(str, train_files))}; the corpus is empty")
+            if not data_cfg.tokenizer:
+                train_tokenizer(train_text, vocab_size, data_cfg.tokenizer_type, tok_path)
+            sp = load_tokenizer(tok_path, vocab_size)
+            train = tokenize_corpus(train_text, sp, cache / "train.bin")
+            val = tokenize_corpus(val_text, sp, cache / "val.bin")
+            index = {"key": key, "tokenizer": str(tok_path), "dtype": np.dtype(train.dtype).name,
+                     "vocab_size": sp.get_piece_size(), "train_tokens": int(train.size),
+                     "val_tokens": int(val.size), "train_files": [str(f) for f in train_files],
+                     "val_files": [str(f) for f in val_files]}
+            index_path.write_text(json.dumps(index, indent=1, ensure_ascii=False))
+        self.tokenizer_path = Path(index["tokenizer"])
+        self.tokenizer = load_tokenizer(self.tokenizer_path, vocab_size)
+        self.train = open_tokens(cache / "train.bin", index["dtype"])
+        self.val = open_tokens(cache / "val.bin", index["dtype"])
+        self.index = index
+
+
+# ------------------------------------------------------------------ sampling
+class WindowSampler:
+    """Random packed windows of `seq_len + 1` tokens, epoch by epoch without replacement.
+
+    Sample g of the global stream comes from epoch g // n and slot g % n of that epoch's
+    seeded permutation; each epoch also shifts the window grid by a seeded offset so the
+    model does not always see the same boundaries."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int, rank: int = 0,
+                 world_size: int = 1):
+        if tokens.size < seq_len + 2:
+            raise DataError(f"the token stream has {tokens.size} tokens, fewer than one window "
+                            f"of seq_length + 1 = {seq_len + 1}; use more text or a shorter "
+                            f"train.seq_length")
+        self.tokens, self.seq_len, self.seed = tokens, seq_len, seed
+        self.rank, self.world_size = rank, world_size
+        self.windows_per_epoch = (tokens.size - 1) // seq_len - 1
+        self._epoch, self._perm, self._offset = None, None, 0
+
+    def _window(self, g: int) -> np.ndarray:
+        epoch, slot = divmod(g, self.windows_per_epoch)
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._perm = rng.permutation(self.windows_per_epoch)
+            self._offset = int(rng.integers(0, self.seq_len))
+            self._epoch = epoch
+        start = self._offset + int(self._perm[slot]) * self.seq_len
+        return np.asarray(self.tokens[start:start + self.seq_len + 1], dtype=np.int32)
+
+    def batch(self, position: int, batch_size: int) -> np.ndarray:
+        """This rank's share of the global batch that starts at sample `position`
+        (a global batch is batch_size * world_size samples)."""
+        first = position + self.rank * batch_size
+        return np.stack([self._window(first + i) for i in range(batch_size)])
+
+
+def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, max_batches: int):
+    """Fixed, contiguous validation windows: the same every evaluation."""
+    n = min((tokens.size - 1) // seq_len, batch_size * max_batches)
+    if n == 0:
+        raise DataError(f"the validation split has {tokens.size} tokens, fewer than one window "
+                        f"of {seq_len + 1}; raise data.val_fraction or shorten train.seq_length")
+    windows = [np.asarray(tokens[i * seq_len:i * seq_len + seq_len + 1], dtype=np.int32)
+               for i in range(n)]
+    return [np.stack(windows[i:i + batch_size]) for i in range(0, n, batch_size)]

@@ -1,0 +1,235 @@
+"""The one training loop, for every family and both backends.
+
+A backend supplies a Trainer (mlx_models/trainer.py, torch_models/trainer.py) with:
+    train_step(micro_batches, lr) -> {"loss", "grad_norm", "skipped"}
+    eval_loss(batch) -> float
+    get_weights() / set_weights(weights)               canonical numpy
+    optimizer_state() / load_optimizer_state(state)    canonical numpy
+    rng_state() / set_rng_state(state)
+    memory() -> (current_bytes, peak_bytes)
+Everything else -- schedule, accumulation, evaluation, logging, checkpoints, resume,
+Ctrl+C -- happens here, once.
+
+A run directory:
+    RUN/config.yaml          the resolved config
+    RUN/metrics.jsonl        one JSON object per logged step or evaluation
+    RUN/data/                tokenizer and token files (built on first use)
+    RUN/checkpoints/step_00000100/  model.safetensors, config.yaml, trainer_state.safetensors,
+                             train_state.json, tokenizer.model
+    RUN/checkpoints/best/    the checkpoint with the lowest validation loss
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from shared.checkpoint import CheckpointError, load_safetensors, open_checkpoint, save_checkpoint
+from shared.config import RunConfig
+from shared.data.lm_text import LMDataset, WindowSampler, eval_batches
+from shared.schedule import lr_at
+
+TRAINER_STATE = "trainer_state.safetensors"
+TRAIN_STATE = "train_state.json"
+
+
+@dataclass
+class TrainState:
+    step: int = 0               # optimizer steps done
+    samples_seen: int = 0       # position in the sampler's global sample stream
+    tokens_seen: int = 0
+    best_val_loss: float = math.inf
+    skipped_steps: int = 0
+    bad_steps_in_row: int = 0
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory (its newest checkpoint)."""
+    path = Path(path)
+    if (path / TRAIN_STATE).is_file():
+        return path
+    steps = sorted((path / "checkpoints").glob("step_*")) if path.is_dir() else []
+    if not steps:
+        raise CheckpointError(f"{path} is neither a training checkpoint nor a run directory "
+                              f"with checkpoints/step_*; pass --resume RUN_DIR or a checkpoint")
+    return steps[-1]
+
+
+def process_memory() -> tuple[int, int]:
+    """(current, peak) resident memory of this process, for backends whose framework
+    keeps no allocator statistics on this device (torch on CPU)."""
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak *= 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    try:
+        with open("/proc/self/statm") as f:
+            current = int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        current = peak
+    return current, peak
+
+
+class Run:
+    def __init__(self, config: RunConfig, trainer_cls, out_dir: str | Path,
+                 resume: str | Path | None = None, rank: int = 0, world_size: int = 1,
+                 progress: bool = True):
+        self.config, self.out = config, Path(out_dir)
+        self.rank, self.world_size, self.progress = rank, world_size, progress
+        tc = config.train
+        self.seq_len = config.seq_length
+        self.data = LMDataset(config.data, config.model.vocab_size, self.out / "data")
+        self.sampler = WindowSampler(self.data.train, self.seq_len, tc.seed, rank, world_size)
+        self.val_batches = eval_batches(self.data.val, self.seq_len, tc.batch_size, tc.eval_batches)
+        self.state = TrainState()
+        weights = None
+        if resume is not None:
+            ckpt = find_checkpoint(resume)
+            _, _, _, weights, _ = open_checkpoint(ckpt)
+        self.trainer = trainer_cls(config.model, tc, weights)
+        if resume is not None:
+            self._restore(ckpt)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        self._interrupted = False
+
+    # ------------------------------------------------------------------ checkpoints
+    def _restore(self, ckpt: Path) -> None:
+        extra = load_safetensors(ckpt / TRAINER_STATE)
+        self.trainer.load_optimizer_state({k[4:]: v for k, v in extra.items() if k.startswith("opt.")})
+        self.trainer.set_rng_state({k[4:]: v for k, v in extra.items() if k.startswith("rng.")})
+        self.state = TrainState(**json.loads((ckpt / TRAIN_STATE).read_text()))
+        self._drop_metrics_after(self.state.step)
+        self.log(f"resumed from {ckpt} at step {self.state.step}")
+
+    def _drop_metrics_after(self, step: int) -> None:
+        """Rows logged after the checkpoint we resume from will be logged again."""
+        path = self.out / "metrics.jsonl"
+        if path.is_file():
+            rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
+            path.write_text("".join(r + "\n" for r in rows))
+
+    def save(self, name: str) -> Path:
+        """Write a checkpoint atomically; a failure leaves earlier checkpoints intact."""
+        tensors = {f"opt.{k}": v for k, v in self.trainer.optimizer_state().items()}
+        tensors |= {f"rng.{k}": v for k, v in self.trainer.rng_state().items()}
+        extra = {TRAINER_STATE: tensors, TRAIN_STATE: json.dumps(asdict(self.state)).encode(),
+                 "tokenizer.model": self.data.tokenizer_path.read_bytes()}
+        path = save_checkpoint(self.out / "checkpoints" / name, self.trainer.get_weights(),
+                               self.config.to_dict(), extra_files=extra)
+        self._prune()
+        return path
+
+    def _prune(self) -> None:
+        steps = sorted((self.out / "checkpoints").glob("step_*"))
+        for old in steps[:-self.config.train.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    # ------------------------------------------------------------------ logging
+    def log(self, text: str) -> None:
+        if self.rank == 0:
+            print(text, file=sys.stderr, flush=True)
+
+    def record(self, row: dict) -> None:
+        if self.rank == 0:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def memory_gb(self) -> tuple[float, float]:
+        current, peak = self.trainer.memory()
+        if peak == 0:
+            current, peak = process_memory()
+        return current / 1e9, peak / 1e9
+
+    # ------------------------------------------------------------------ the loop
+    def evaluate(self) -> dict:
+        losses = [self.trainer.eval_loss(b) for b in self.val_batches]
+        val_loss = float(np.mean(losses))
+        return {"step": self.state.step, "val_loss": val_loss,
+                "val_ppl": float(math.exp(min(val_loss, 50)))}
+
+    def train(self) -> TrainState:
+        tc, st = self.config.train, self.state
+        tokens_per_step = tc.batch_size * tc.gradient_accumulation_steps * self.world_size * self.seq_len
+        previous = signal.signal(signal.SIGINT, self._on_interrupt)
+        bar = self._bar(st.step)
+        window_start, window_tokens = time.perf_counter(), 0
+        try:
+            if st.step == 0:
+                first = self.evaluate()
+                self.record(first)
+                self.log(f"step 0: val_loss {first['val_loss']:.4f} val_ppl {first['val_ppl']:.2f}")
+            while st.step < tc.max_steps and not self._interrupted:
+                lr = lr_at(st.step, tc.learning_rate, tc.min_lr, tc.warmup_steps, tc.max_steps)
+                micro = []
+                for _ in range(tc.gradient_accumulation_steps):
+                    micro.append(self.sampler.batch(st.samples_seen, tc.batch_size))
+                    st.samples_seen += tc.batch_size * self.world_size
+                result = self.trainer.train_step(micro, lr)
+                st.step += 1
+                st.tokens_seen += tokens_per_step
+                window_tokens += tokens_per_step
+                if result["skipped"]:
+                    st.skipped_steps += 1
+                    st.bad_steps_in_row += 1
+                    self.record({"step": st.step, "skipped": True, "loss": result["loss"],
+                                 "grad_norm": result["grad_norm"]})
+                    if st.bad_steps_in_row >= tc.max_bad_steps:
+                        self.log(f"stopping: {st.bad_steps_in_row} non-finite steps in a row "
+                                 f"(train.max_bad_steps); lower train.learning_rate or use fp32")
+                        break
+                else:
+                    st.bad_steps_in_row = 0
+                if st.step % tc.log_every == 0 or st.step == tc.max_steps:
+                    elapsed = time.perf_counter() - window_start
+                    mem, peak = self.memory_gb()
+                    row = {"step": st.step, "loss": result["loss"], "lr": lr,
+                           "grad_norm": result["grad_norm"],
+                           "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+                           "mem_gb": round(mem, 3), "peak_mem_gb": round(peak, 3)}
+                    self.record(row)
+                    if bar is not None:
+                        bar.set_postfix_str(f"loss={row['loss']:.4f}, lr={lr:.6f}, "
+                                            f"tok/s={row['tokens_per_s']:.0f}, "
+                                            f"mem={mem:.1f}/{peak:.1f}GB")
+                    window_start, window_tokens = time.perf_counter(), 0
+                if bar is not None:
+                    bar.update(1)
+                if st.step % tc.eval_every == 0 or st.step == tc.max_steps:
+                    row = self.evaluate()
+                    self.record(row)
+                    self.log(f"step {st.step}: val_loss {row['val_loss']:.4f} "
+                             f"val_ppl {row['val_ppl']:.2f}")
+                    if row["val_loss"] < st.best_val_loss:
+                        st.best_val_loss = row["val_loss"]
+                        self.save("best")
+                if st.step % tc.save_every == 0 or st.step == tc.max_steps:
+                    self.save(f"step_{st.step:08d}")
+            if self._interrupted:
+                path = self.save(f"step_{st.step:08d}")
+                self.log(f"interrupted: saved {path}; continue with --resume {self.out}")
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            if bar is not None:
+                bar.close()
+        return st
+
+    def _on_interrupt(self, signum, frame):
+        if self._interrupted:  # a second Ctrl+C stops at once
+            raise KeyboardInterrupt
+        self._interrupted = True
+        self.log("Ctrl+C: finishing this step and saving a checkpoint (press again to abort)")
+
+    def _bar(self, initial: int):
+        if not self.progress or self.rank != 0:
+            return None
+        from tqdm import tqdm
+        return tqdm(total=self.config.train.max_steps, initial=initial, dynamic_ncols=True,
+                    file=sys.stderr, desc=f"train[{self.trainer.backend}]")

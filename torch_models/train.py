@@ -1,0 +1,8 @@
+"""Train with PyTorch: python -m torch_models.train [--config FILE] [section.key=value ...]"""
+import sys
+
+from torch_models.trainer import Trainer
+from shared.train_cli import main
+
+if __name__ == "__main__":
+    sys.exit(main("torch", Trainer))
