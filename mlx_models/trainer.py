@@ -37,34 +37,70 @@ class Trainer:
                     weights if weights is not None else family.init_weights(spec, train.seed),
                     source="initial weights")
         self.model.checkpoint_activations = train.gradient_checkpointing
-        self.model.train(spec.dropout > 0)
+        self.model.train()
         self._loss_fn = LOSSES[family.name]
-        self._value_and_grad = nn.value_and_grad(self.model, self._loss_fn)
         self.optimizer = make_optimizer(train)
         mx.random.seed(train.seed)
+        if train.precision == "fp16":
+            raise ValueError("train.precision=fp16 is for torch on CUDA; MLX trains in bf16 "
+                             "(train.precision=bf16) or fp32")
+        # MLX has no autocast: mixed precision is explicit. The weights and AdamW state
+        # stay fp32 (master copy); each forward/backward runs on a bf16 cast of them, and
+        # the cast's gradient brings the gradients back to fp32.
+        self.compute_dtype = mx.bfloat16 if train.precision == "bf16" else mx.float32
+        value_and_grad = nn.value_and_grad(self.model, self._cast_loss)
+        grad_fn, update_fn = (lambda batch: value_and_grad(self.model, batch)), self._update
+        if train.compile:
+            # State the compiled functions read and write must be declared, or it would be
+            # frozen into the graph at the first call. The model is an output of the
+            # gradient function too: value_and_grad swaps traced parameters into it.
+            state = [self.model.state, mx.random.state]
+            grad_fn = mx.compile(grad_fn, inputs=state, outputs=state)
+            state = [self.model.state, self.optimizer.state]
+            update_fn = mx.compile(update_fn, inputs=state, outputs=state)
+        self._grad_fn, self._update_fn = grad_fn, update_fn
 
-    def train_step(self, micro_batches: list[np.ndarray], lr: float) -> dict:
-        """Average gradients over the micro-batches, clip, update. A non-finite loss or
-        gradient norm leaves weights and optimizer state untouched."""
+    def _cast_loss(self, model, batch):
+        if self.compute_dtype != mx.float32:
+            model.update(tree_map(lambda p: p.astype(self.compute_dtype),
+                                  model.trainable_parameters()))
+        return self._loss_fn(model, batch)
+
+    def _update(self, grads, lr):
+        self.optimizer.learning_rate = lr
+        self.optimizer.update(self.model, grads)
+
+    def gradients(self, micro_batches: list[np.ndarray]):
+        """Mean loss and mean gradients over equal-sized micro-batches (a tree of fp32)."""
+        master = self.model.trainable_parameters()
         grads, total = None, 0.0
         for batch in micro_batches:
-            loss, g = self._value_and_grad(self.model, mx.array(batch))
+            loss, g = self._grad_fn(mx.array(batch))
             grads = g if grads is None else tree_map(mx.add, grads, g)
             # Evaluate now so only one micro-batch's graph is alive at a time:
             # memory stays flat as accumulation grows.
             mx.eval(loss, grads)
             total += loss.item()
+        self.model.update(master)  # the forward left bf16 casts in place of the fp32 masters
         k = len(micro_batches)
-        grads = tree_map(lambda g: g / k, grads)
-        if self.train_cfg.max_grad_norm > 0:
-            grads, norm = optim.clip_grad_norm(grads, self.train_cfg.max_grad_norm)
-        else:
-            norm = optim.clip_grad_norm(grads, float("inf"))[1]
-        loss, norm = total / k, norm.item()
+        return total / k, tree_map(lambda g: g / k, grads)
+
+    def gradients_numpy(self, micro_batches: list[np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
+        """gradients() in canonical names and layout (for tests and tools)."""
+        loss, grads = self.gradients(micro_batches)
+        flat = dict(tree_flatten(grads))
+        return loss, {p.name: from_backend(to_numpy(flat[p.name]), p.kind, "mlx") for p in self.manifest}
+
+    def train_step(self, micro_batches: list[np.ndarray], lr: float) -> dict:
+        """Average gradients over the micro-batches, clip, update. A non-finite loss or
+        gradient norm leaves weights and optimizer state untouched."""
+        loss, grads = self.gradients(micro_batches)
+        max_norm = self.train_cfg.max_grad_norm if self.train_cfg.max_grad_norm > 0 else float("inf")
+        grads, norm = optim.clip_grad_norm(grads, max_norm)
+        norm = norm.item()
         if not (np.isfinite(loss) and np.isfinite(norm)):
             return {"loss": loss, "grad_norm": norm, "skipped": True}
-        self.optimizer.learning_rate = lr
-        self.optimizer.update(self.model, grads)
+        self._update_fn(grads, mx.array(lr, mx.float32))
         mx.eval(self.model.parameters(), self.optimizer.state)
         return {"loss": loss, "grad_norm": norm, "skipped": False}
 
@@ -116,8 +152,15 @@ class Trainer:
     def rng_state(self) -> dict[str, np.ndarray]:
         return {"mlx": np.array(mx.random.state[0])}
 
-    def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
-        mx.random.state[0] = mx.array(state["mlx"])
+    def set_rng_state(self, state: dict[str, np.ndarray]) -> bool:
+        """Restore the random state; False if `state` came from another backend."""
+        if "mlx" not in state:
+            return False
+        # The global key is two uint32 words, and seed(s) sets it to [s >> 32, s & 0xffffffff]:
+        # seeding with the saved words restores the key exactly.
+        hi, lo = (int(w) for w in state["mlx"])
+        mx.random.seed((hi << 32) | lo)
+        return True
 
     def memory(self) -> tuple[int, int]:
         """(active, peak) bytes as MLX reports them."""

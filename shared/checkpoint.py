@@ -52,7 +52,7 @@ def save_safetensors(path: str | Path, tensors: dict[str, np.ndarray],
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     for name, array in tensors.items():
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")  # (ascontiguousarray would turn 0-d into 1-d)
         if array.dtype not in _DTYPE_TO_ST:
             raise CheckpointError(f"cannot store {name!r}: unsupported dtype {array.dtype}")
         header[name] = {"dtype": _DTYPE_TO_ST[array.dtype], "shape": list(array.shape),

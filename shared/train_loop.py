@@ -104,7 +104,9 @@ class Run:
     def _restore(self, ckpt: Path) -> None:
         extra = load_safetensors(ckpt / TRAINER_STATE)
         self.trainer.load_optimizer_state({k[4:]: v for k, v in extra.items() if k.startswith("opt.")})
-        self.trainer.set_rng_state({k[4:]: v for k, v in extra.items() if k.startswith("rng.")})
+        if not self.trainer.set_rng_state({k[4:]: v for k, v in extra.items() if k.startswith("rng.")}):
+            self.log(f"note: {ckpt} was written by another backend; weights, optimizer and data "
+                     f"position carry over, but dropout draws new random numbers")
         self.state = TrainState(**json.loads((ckpt / TRAIN_STATE).read_text()))
         self._drop_metrics_after(self.state.step)
         self.log(f"resumed from {ckpt} at step {self.state.step}")
@@ -155,8 +157,10 @@ class Run:
         return {"step": self.state.step, "val_loss": val_loss,
                 "val_ppl": float(math.exp(min(val_loss, 50)))}
 
-    def train(self) -> TrainState:
+    def train(self, stop_after: int | None = None) -> TrainState:
+        """Train to train.max_steps (or stop, with a checkpoint, after `stop_after`)."""
         tc, st = self.config.train, self.state
+        last = tc.max_steps if stop_after is None else min(stop_after, tc.max_steps)
         tokens_per_step = tc.batch_size * tc.gradient_accumulation_steps * self.world_size * self.seq_len
         previous = signal.signal(signal.SIGINT, self._on_interrupt)
         bar = self._bar(st.step)
@@ -166,7 +170,7 @@ class Run:
                 first = self.evaluate()
                 self.record(first)
                 self.log(f"step 0: val_loss {first['val_loss']:.4f} val_ppl {first['val_ppl']:.2f}")
-            while st.step < tc.max_steps and not self._interrupted:
+            while st.step < last and not self._interrupted:
                 lr = lr_at(st.step, tc.learning_rate, tc.min_lr, tc.warmup_steps, tc.max_steps)
                 micro = []
                 for _ in range(tc.gradient_accumulation_steps):
@@ -212,9 +216,9 @@ class Run:
                         self.save("best")
                 if st.step % tc.save_every == 0 or st.step == tc.max_steps:
                     self.save(f"step_{st.step:08d}")
-            if self._interrupted:
+            if self._interrupted or (st.step == last < tc.max_steps and st.step % tc.save_every):
                 path = self.save(f"step_{st.step:08d}")
-                self.log(f"interrupted: saved {path}; continue with --resume {self.out}")
+                self.log(f"stopped at step {st.step}: saved {path}; continue with --resume {self.out}")
         finally:
             signal.signal(signal.SIGINT, previous)
             if bar is not None:

@@ -40,32 +40,65 @@ class Trainer:
                     weights if weights is not None else family.init_weights(spec, train.seed),
                     source="initial weights")
         self.model.checkpoint_activations = train.gradient_checkpointing
-        self.model.train(spec.dropout > 0)
+        self.model.train()
         self._loss_fn = LOSSES[family.name]
         self.optimizer = make_optimizer(self.model, train)
+        if train.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 or fp32")
+        # Weights and AdamW state stay fp32; autocast runs matmuls in the compute dtype.
+        # fp16 also needs loss scaling, or small gradients underflow to zero.
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision)
+        self.scaler = torch.amp.GradScaler("cuda") if train.precision == "fp16" else None
+        # torch.compile specialises the forward/backward; the loss function is the unit.
+        self._forward_loss = torch.compile(self._loss_fn) if train.compile else self._loss_fn
 
     def _batch(self, batch: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
 
-    def train_step(self, micro_batches: list[np.ndarray], lr: float) -> dict:
-        """Average gradients over the micro-batches, clip, update. A non-finite loss or
-        gradient norm leaves weights and optimizer state untouched."""
+    def _loss(self, batch: np.ndarray) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                            enabled=self.autocast_dtype is not None):
+            return self._forward_loss(self.model, self._batch(batch))
+
+    def gradients(self, micro_batches: list[np.ndarray]) -> float:
+        """Mean loss over equal-sized micro-batches; their mean gradient is left in .grad."""
         self.optimizer.zero_grad(set_to_none=True)
         k, total = len(micro_batches), 0.0
         for batch in micro_batches:
-            loss = self._loss_fn(self.model, self._batch(batch))
-            (loss / k).backward()  # .grad sums across micro-batches; activations are freed
+            loss = self._loss(batch)
+            scaled = self.scaler.scale(loss / k) if self.scaler else loss / k
+            scaled.backward()  # .grad sums across micro-batches; activations are freed
             total += loss.item()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        return total / k
+
+    def gradients_numpy(self, micro_batches: list[np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
+        """gradients() in canonical names and layout (for tests and tools)."""
+        loss = self.gradients(micro_batches)
+        params = dict(self.model.named_parameters())
+        return loss, {p.name: to_numpy(params[p.name].grad) for p in self.manifest}
+
+    def train_step(self, micro_batches: list[np.ndarray], lr: float) -> dict:
+        """Average gradients over the micro-batches, clip, update. A non-finite loss or
+        gradient norm leaves weights and optimizer state untouched."""
+        loss = self.gradients(micro_batches)
         max_norm = self.train_cfg.max_grad_norm if self.train_cfg.max_grad_norm > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
-        loss = total / k
-        if not (np.isfinite(loss) and np.isfinite(norm)):
-            self.optimizer.zero_grad(set_to_none=True)
-            return {"loss": loss, "grad_norm": norm, "skipped": True}
+        # Under fp16 loss scaling an inf gradient norm usually means "scale too high":
+        # the scaler skips that step and lowers the scale; only the loss says "bad step".
+        finite = bool(np.isfinite(loss) and (self.scaler is not None or np.isfinite(norm)))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.step()
-        return {"loss": loss, "grad_norm": norm, "skipped": False}
+        if self.scaler:
+            # The scaler skips the step itself on inf/nan and lowers its scale; a skip
+            # caused by the scale alone is not a bad step.
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif finite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss, "grad_norm": norm, "skipped": not finite}
 
     @torch.no_grad()
     def eval_loss(self, batch: np.ndarray) -> float:
@@ -112,10 +145,14 @@ class Trainer:
             state["torch_cuda"] = torch.cuda.get_rng_state(self.device).numpy()
         return state
 
-    def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
+    def set_rng_state(self, state: dict[str, np.ndarray]) -> bool:
+        """Restore the random state; False if `state` came from another backend."""
+        if "torch" not in state:
+            return False
         torch.set_rng_state(torch.from_numpy(np.array(state["torch"])))
         if "torch_cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(torch.from_numpy(np.array(state["torch_cuda"])), self.device)
+        return True
 
     def memory(self) -> tuple[int, int]:
         """(allocated, peak) bytes on CUDA; on CPU torch keeps no allocator statistics."""

@@ -69,21 +69,44 @@ def train_tokenizer(paragraphs: list[str], vocab_size: int, model_type: str,
     """Train SentencePiece with byte fallback (no unknown tokens, ever) and no text
     normalisation, as Llama's tokenizer is trained: Hugging Face rebuilds a Llama
     `tokenizer.model` as exactly that, so only such a model exports faithfully."""
+    import re
+
     import sentencepiece as spm
 
     if sum(len(p) for p in paragraphs) == 0:
         raise DataError("the training corpus is empty; point data.train_files at text files")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_prefix = out_path.with_name(out_path.stem + ".tmp")
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(paragraphs), model_prefix=str(tmp_prefix),
-        vocab_size=vocab_size, model_type=model_type, byte_fallback=True,
-        normalization_rule_name="identity", remove_extra_whitespaces=False,
-        character_coverage=0.9995, hard_vocab_limit=False, bos_id=1, eos_id=2, unk_id=0,
-        pad_id=-1, num_threads=2, minloglevel=2, max_sentence_length=1 << 16)
+    coverage = character_coverage(paragraphs, vocab_size)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(paragraphs), model_prefix=str(tmp_prefix),
+            vocab_size=vocab_size, model_type=model_type, byte_fallback=True,
+            normalization_rule_name="identity", remove_extra_whitespaces=False,
+            character_coverage=coverage, hard_vocab_limit=False, bos_id=1, eos_id=2, unk_id=0,
+            pad_id=-1, num_threads=2, minloglevel=2, max_sentence_length=1 << 16)
+    except RuntimeError as e:
+        need = re.search(r"required_chars\. (\d+) vs (\d+)", str(e))
+        if need is None:
+            raise
+        raise DataError(f"model.vocab_size={vocab_size} is too small for a tokenizer of this "
+                        f"text: its common characters alone need {need.group(2)} pieces; set "
+                        f"model.vocab_size to at least {int(need.group(2)) + 64}") from None
     Path(f"{tmp_prefix}.model").replace(out_path)
     Path(f"{tmp_prefix}.vocab").unlink(missing_ok=True)
     return out_path
+
+
+def character_coverage(paragraphs: list[str], vocab_size: int, default: float = 0.9995) -> float:
+    """SentencePiece's usual 0.9995 coverage, lowered when the text has so many distinct
+    characters (Korean has thousands) that they would not leave half the vocabulary for
+    merges. Characters left out are spelled with byte-fallback tokens, never <unk>."""
+    from collections import Counter
+    counts = sorted(Counter("".join(paragraphs)).values(), reverse=True)
+    budget = max(1, vocab_size // 2 - 3 - 256)   # meta pieces and the 256 byte tokens
+    if len(counts) <= budget:
+        return default
+    return max(0.98, min(default, sum(counts[:budget]) / sum(counts)))  # SentencePiece's range
 
 
 def load_tokenizer(path: str | Path, model_vocab_size: int | None = None):

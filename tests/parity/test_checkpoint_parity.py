@@ -108,10 +108,12 @@ def test_our_safetensors_files_read_back_with_the_safetensors_library(tmp_path):
     rng = np.random.default_rng(0)
     tensors = {"a": rng.standard_normal((3, 5)).astype(np.float32),
                "b": np.arange(7, dtype=np.int64), "c": rng.standard_normal(4).astype(np.float16),
-               "d": rng.standard_normal((2, 3)).astype(ml_dtypes.bfloat16)}
+               "d": rng.standard_normal((2, 3)).astype(ml_dtypes.bfloat16),
+               "scalar": np.array(7, np.int64)}
     save_safetensors(tmp_path / "x.safetensors", tensors, metadata={"format": "pt"})
     ours = load_safetensors(tmp_path / "x.safetensors")
     assert bits(ours) == bits(tensors)
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in tensors.items()}
     # The library has no numpy bf16; check the rest through it, bf16 through torch.
     from safetensors import safe_open
     with safe_open(str(tmp_path / "x.safetensors"), framework="pt") as f:

@@ -1,0 +1,235 @@
+"""The training engine on both backends: accumulation, activation checkpointing, mixed
+precision, compilation, exact resume, bad steps, configs and the CLI."""
+import json
+import subprocess
+import sys
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_models.trainer import Trainer as MLXTrainer
+from shared.config import TrainConfig, config_from_dict
+from shared.specs.lm import LMSpec, lm_init_weights
+from shared.train_loop import Run
+from torch_models.trainer import Trainer as TorchTrainer
+
+TRAINERS = {"mlx": MLXTrainer, "torch": lambda *a, **k: TorchTrainer(*a, **k, device="cpu")}
+SPEC = LMSpec(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+              intermediate_size=96, max_seq_length=64)
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def batch(n, length=33, seed=0):
+    return np.random.default_rng(seed).integers(0, SPEC.vocab_size, (n, length)).astype(np.int32)
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_accumulation_equals_the_big_batch(backend):
+    """Batch 4 x accumulation 3 gives the gradient of batch 12."""
+    weights = lm_init_weights(SPEC, 1)
+    big = batch(12)
+    t = TRAINERS[backend](SPEC, TrainConfig(), weights)
+    loss_big, g_big = t.gradients_numpy([big])
+    loss_acc, g_acc = t.gradients_numpy([big[0:4], big[4:8], big[8:12]])
+    assert rel_err(loss_acc, loss_big) <= 1e-6
+    for name in g_big:
+        assert rel_err(g_acc[name], g_big[name]) <= 1e-5, name
+
+
+def test_accumulation_memory_stays_flat_mlx():
+    t = MLXTrainer(SPEC, TrainConfig(), lm_init_weights(SPEC, 1))
+    micro = batch(8, length=65)
+    t.train_step([micro], 1e-3)  # allocate optimizer state first
+    peaks = {}
+    for k in (1, 6):
+        mx.reset_peak_memory()
+        t.train_step([micro] * k, 1e-3)
+        peaks[k] = mx.get_peak_memory()
+    assert peaks[6] <= 1.05 * peaks[1], peaks
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_activation_checkpointing_gives_the_same_gradients(backend):
+    weights = lm_init_weights(SPEC, 2)
+    b = batch(4, seed=3)
+    plain = TRAINERS[backend](SPEC, TrainConfig(), weights).gradients_numpy([b])
+    ckpt = TRAINERS[backend](SPEC, TrainConfig(gradient_checkpointing=True), weights).gradients_numpy([b])
+    assert ckpt[0] == pytest.approx(plain[0], rel=1e-6)
+    for name in plain[1]:
+        assert rel_err(ckpt[1][name], plain[1][name]) <= 1e-5, name
+
+
+def test_activation_checkpointing_lowers_mlx_peak_memory():
+    spec = LMSpec(vocab_size=128, hidden_size=64, num_layers=8, num_heads=4, num_kv_heads=2,
+                  intermediate_size=256, max_seq_length=256)
+    weights, b = lm_init_weights(spec, 0), batch(8, length=257)
+    peaks = {}
+    for on in (False, True):
+        t = MLXTrainer(spec, TrainConfig(gradient_checkpointing=on), weights)
+        t.train_step([b], 1e-3)
+        mx.reset_peak_memory()
+        t.train_step([b], 1e-3)
+        peaks[on] = mx.get_peak_memory()
+    assert peaks[True] < 0.7 * peaks[False], peaks
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_bf16_tracks_fp32(backend):
+    """bf16 compute with fp32 master weights follows the fp32 loss curve."""
+    weights = lm_init_weights(SPEC, 4)
+    pattern = np.random.default_rng(5).integers(0, SPEC.vocab_size, 9)
+    batches = [np.stack([np.resize(np.roll(pattern, -s), 33) for s in range(i, i + 4)]).astype(np.int32)
+               for i in range(15)]
+    curves = {}
+    for precision in ("fp32", "bf16"):
+        t = TRAINERS[backend](SPEC, TrainConfig(precision=precision, learning_rate=3e-3), weights)
+        curves[precision] = np.array([t.train_step([b], 3e-3)["loss"] for b in batches])
+        assert all(v.dtype == np.float32 for v in t.get_weights().values())
+    assert curves["fp32"][-1] < 0.5 * curves["fp32"][0]
+    assert np.abs(curves["bf16"] - curves["fp32"]).max() <= 0.02 * curves["fp32"][0], curves
+
+
+def test_mlx_compiled_step_equals_eager():
+    weights = lm_init_weights(SPEC, 6)
+    batches = [batch(4, seed=s) for s in range(4)]
+    runs = {}
+    for compiled in (False, True):
+        t = MLXTrainer(SPEC, TrainConfig(compile=compiled), weights)
+        losses = [t.train_step([b[:2], b[2:]], 1e-3)["loss"] for b in batches]
+        runs[compiled] = (losses, t.get_weights())
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-6)
+    for name, w in runs[False][1].items():
+        assert rel_err(runs[True][1][name], w) <= 1e-6, name
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_non_finite_steps_are_skipped_and_stop_the_run(backend):
+    weights = lm_init_weights(SPEC, 7)
+    t = TRAINERS[backend](SPEC, TrainConfig(), weights)
+    bad = {k: v.copy() for k, v in weights.items()}
+    bad["norm.weight"][:] = np.nan
+    t.set_weights(bad)
+    result = t.train_step([batch(2)], 1e-3)
+    assert result["skipped"]
+    after = t.get_weights()
+    assert np.isnan(after["norm.weight"]).all()
+    assert np.array_equal(after["layers.0.attention.q_proj.weight"], weights["layers.0.attention.q_proj.weight"])
+
+
+# ---------------------------------------------------------------------- the loop
+def tiny_config(**train):
+    settings = dict(seed=3, batch_size=4, max_steps=24, warmup_steps=4, learning_rate=3e-3,
+                    min_lr=3e-4, log_every=1, eval_every=8, eval_batches=2, save_every=6,
+                    keep_last=2) | train
+    return config_from_dict({
+        "family": "lm",
+        "model": dict(vocab_size=1024, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                      intermediate_size=64, max_seq_length=32, tie_embeddings=True, dropout=0.1),
+        "train": settings})
+
+
+def test_too_small_vocab_is_a_clear_error(tmp_path):
+    from shared.data.lm_text import DataError
+    with pytest.raises(DataError, match="model.vocab_size=300 is too small"):
+        Run(config_from_dict({"family": "lm", "model": dict(
+            vocab_size=300, hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2,
+            intermediate_size=64, max_seq_length=32)}), TRAINERS["torch"], tmp_path, progress=False)
+
+
+def losses(run_dir):
+    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}, \
+           {r["step"]: r["val_loss"] for r in rows if "val_loss" in r}
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_resume_is_exact(tmp_path, backend):
+    """Stopped at step 12 and resumed to 24, a run logs bit-identical losses to an
+    uninterrupted 24-step run (dropout on, so the RNG state must be restored too)."""
+    cfg = tiny_config()
+    whole = Run(cfg, TRAINERS[backend], tmp_path / "whole", progress=False)
+    whole.train()
+    parted = Run(cfg, TRAINERS[backend], tmp_path / "parted", progress=False)
+    parted.train(stop_after=12)
+    resumed = Run(cfg, TRAINERS[backend], tmp_path / "parted", resume=tmp_path / "parted",
+                  progress=False)
+    assert resumed.state.step == 12
+    resumed.train()
+    train_w, val_w = losses(tmp_path / "whole")
+    train_p, val_p = losses(tmp_path / "parted")
+    assert sorted(train_w) == list(range(1, 25))
+    assert train_p == train_w
+    assert val_p == val_w
+    assert np.array_equal(whole.trainer.get_weights()["norm.weight"],
+                          resumed.trainer.get_weights()["norm.weight"])
+    ckpts = sorted(p.name for p in (tmp_path / "parted" / "checkpoints").iterdir())
+    assert ckpts == ["best", "step_00000018", "step_00000024"]  # keep_last=2, plus best
+    assert val_w[24] < val_w[0]
+
+
+def test_checkpoint_from_one_backend_resumes_on_the_other(tmp_path):
+    cfg = tiny_config(max_steps=12)
+    Run(cfg, TRAINERS["mlx"], tmp_path / "run", progress=False).train(stop_after=6)
+    resumed = Run(cfg, TRAINERS["torch"], tmp_path / "run", resume=tmp_path / "run", progress=False)
+    assert resumed.state.step == 6
+    resumed.train()
+    train, _ = losses(tmp_path / "run")
+    assert sorted(train) == list(range(1, 13))
+
+
+# ---------------------------------------------------------------------- configs and CLI
+def cli(backend, *args, cwd=None):
+    return subprocess.run([sys.executable, "-m", f"{backend}_models.train", *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.learning_rat=1e-3", "unknown key train.learning_rat (did you mean 'learning_rate'?)"),
+    ("train.batch_size=0", "train.batch_size must be > 0"),
+    ("train.learning_rate=-1", "train.learning_rate must be > 0"),
+    ("train.batch_size=two", "train.batch_size must be int, got str 'two'"),
+    ("model.num_kv_heads=3", "must be divisible by model.num_kv_heads (3)"),
+    ("hardware.device=m4_max", "unknown device profile 'm4_max'"),
+    ("trian.seed=1", "unknown section 'trian' in override"),
+])
+def test_bad_config_is_one_line_and_exit_2(override, message):
+    result = cli("torch", override)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_bad_config_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("family: lm\nmodel:\n  hidden_size: 64\n  num_headz: 4\n")
+    result = cli("mlx", "--config", str(path))
+    assert result.returncode == 2
+    assert "unknown key model.num_headz (did you mean 'num_heads'?)" in result.stderr
+    result = cli("mlx", "--config", str(tmp_path / "missing.yaml"))
+    assert result.returncode == 2 and "not found" in result.stderr
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_cli_trains_and_refuses_to_overwrite(tmp_path, backend):
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--no-progress", "train.max_steps=4", "train.eval_every=2",
+            "train.save_every=2", "train.eval_batches=1", "model.num_layers=1",
+            "model.hidden_size=32", "model.intermediate_size=64", "model.max_seq_length=32"]
+    result = cli(backend, *args)
+    assert result.returncode == 0, result.stderr
+    assert (out / "checkpoints" / "best" / "model.safetensors").is_file()
+    assert (out / "checkpoints" / "best" / "tokenizer.model").is_file()
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    step_rows = [r for r in rows if "loss" in r]
+    assert set(step_rows[0]) >= {"step", "loss", "lr", "tokens_per_s", "mem_gb", "peak_mem_gb"}
+    assert {"val_loss", "val_ppl"} <= set(rows[0])
+    again = cli(backend, *args)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    resumed = cli(backend, "--resume", str(out), "--no-progress", "train.max_steps=6")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr
