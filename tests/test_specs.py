@@ -55,3 +55,20 @@ def test_flops_per_token_counts_every_matmul():
 def test_invalid_specs_name_the_field(change, message):
     with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
         dataclasses.replace(MEDIUM, **change)
+
+
+def test_every_shipped_config_loads():
+    import pathlib
+
+    from shared.config import load_config
+    configs = sorted((pathlib.Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    assert {c.name for c in configs} >= {"tiny.yaml", "m4max.yaml", "m4max_large.yaml",
+                                          "m2_8gb_lm.yaml", "cuda_lm.yaml"}
+    for path in configs:
+        load_config(path)
+    medium = load_config(configs[0].parent / "m4max.yaml")
+    assert medium.model == MEDIUM
+    assert (medium.train.batch_size, medium.train.gradient_accumulation_steps) == (16, 4)
+    assert (medium.train.learning_rate, medium.train.min_lr, medium.train.warmup_steps) == (2e-4, 2e-5, 4000)
+    large = load_config(configs[0].parent / "m4max_large.yaml")
+    assert large.model == LARGE and large.train.gradient_checkpointing and large.seq_length == 1536

@@ -233,3 +233,27 @@ def test_cli_trains_and_refuses_to_overwrite(tmp_path, backend):
     resumed = cli(backend, "--resume", str(out), "--no-progress", "train.max_steps=6")
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    import signal
+    import time
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch_models.train", "--out", str(out), "--no-progress",
+         "train.max_steps=100000", "train.log_every=1", "train.eval_every=100000",
+         "train.save_every=100000", "model.num_layers=1", "model.hidden_size=32",
+         "model.intermediate_size=64", "model.max_seq_length=32"],
+        stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+            (out / "metrics.jsonl").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) > 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "saved" in stderr and "--resume" in stderr
+    saved = sorted((out / "checkpoints").glob("step_*"))
+    assert len(saved) == 1 and (saved[0] / "train_state.json").is_file()
+    step = json.loads((saved[0] / "train_state.json").read_text())["step"]
+    assert saved[0].name == f"step_{step:08d}" and step >= 3

@@ -38,13 +38,18 @@ def builtin_corpus_files() -> list[Path]:
     return files
 
 
+def check_files(files: list[str | Path]) -> None:
+    for f in files:
+        if not Path(f).is_file():
+            raise DataError(f"data file {f} not found; fix data.train_files / data.val_files")
+
+
 def read_paragraphs(files: list[str | Path]) -> list[str]:
     """Non-empty lines of every file, with a clear error for missing or unreadable files."""
+    check_files(files)
     paragraphs = []
     for f in files:
         path = Path(f)
-        if not path.is_file():
-            raise DataError(f"data file {path} not found; fix data.train_files / data.val_files")
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
@@ -164,6 +169,7 @@ class LMDataset:
         cache = Path(cache_dir)
         train_files = list(data_cfg.train_files) or builtin_corpus_files()
         val_files = list(data_cfg.val_files)
+        check_files(train_files + val_files)
         key = fingerprint(train_files + val_files,
                           f"{vocab_size}|{data_cfg.tokenizer}|{data_cfg.tokenizer_type}|"
                           f"{data_cfg.val_fraction}|{data_cfg.seed}")

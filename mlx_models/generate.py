@@ -1,0 +1,27 @@
+"""Generate text with MLX: python -m mlx_models.generate --checkpoint DIR --prompt "..." """
+import sys
+
+import mlx.core as mx
+import numpy as np
+
+from mlx_models.models import load_model
+from shared.checkpoint import CheckpointError
+from shared.generate_cli import main
+
+
+def load(checkpoint):
+    model, config = load_model(checkpoint)
+    if config["family"] != "lm":
+        raise CheckpointError(f"{checkpoint} holds a {config['family']!r} model, not an LM")
+    model.eval()
+    cache = model.make_cache()
+
+    def next_logits(ids: np.ndarray) -> np.ndarray:
+        logits = model(mx.array(ids), cache)[0, -1]
+        return np.array(logits.astype(mx.float32))
+
+    return next_logits, model.spec
+
+
+if __name__ == "__main__":
+    sys.exit(main("mlx", load))

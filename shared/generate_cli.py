@@ -1,0 +1,89 @@
+"""The command line of `python -m mlx_models.generate` and `python -m torch_models.generate`.
+
+The backend supplies `load(checkpoint) -> (next_logits, spec)`, where `next_logits(ids)`
+feeds new token ids through the model's KV cache and returns the last position's logits
+as numpy. Prompting, sampling, streaming and timing live here, once.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from shared.checkpoint import CheckpointError
+from shared.cli import run_cli
+from shared.data.lm_text import DataError, load_tokenizer
+from shared.sampling import sample_next
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory (its best, else newest, checkpoint)."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path
+    for candidate in [path / "checkpoints" / "best", *sorted((path / "checkpoints").glob("step_*"))[::-1]]:
+        if (candidate / "model.safetensors").is_file():
+            return candidate
+    raise CheckpointError(f"{path} holds no checkpoint (model.safetensors); pass a checkpoint "
+                          f"directory or a run directory")
+
+
+def parser(backend: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m {backend}_models.generate",
+                                description=f"Generate text from an LM checkpoint with {backend}.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--max-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", help="SentencePiece model (default: the checkpoint's)")
+    return p
+
+
+def generate(next_logits, tokenizer, prompt: str, max_tokens: int, max_length: int,
+             temperature: float, top_p: float, seed: int, out=sys.stdout) -> dict:
+    """Stream the continuation of `prompt` to `out`; return ids and timings."""
+    rng = np.random.default_rng(seed)
+    ids = [tokenizer.bos_id()] + tokenizer.encode(prompt)
+    if len(ids) >= max_length:
+        raise DataError(f"the prompt is {len(ids)} tokens; the model's context is {max_length}")
+    start = time.perf_counter()
+    logits = next_logits(np.array([ids], np.int32))
+    prefill_s = time.perf_counter() - start
+    new, printed = [], tokenizer.decode(ids[1:])
+    out.write(printed)
+    start = time.perf_counter()
+    while len(new) < max_tokens and len(ids) + len(new) < max_length:
+        token = sample_next(logits, temperature, top_p, rng)
+        if token == tokenizer.eos_id():
+            break
+        new.append(token)
+        text = tokenizer.decode(ids[1:] + new)
+        out.write(text[len(printed):])  # decode the whole text: pieces merge across tokens
+        out.flush()
+        printed = text
+        logits = next_logits(np.array([[token]], np.int32))
+    decode_s = time.perf_counter() - start
+    out.write("\n")
+    return {"prompt_tokens": len(ids), "new_tokens": len(new), "prefill_s": prefill_s,
+            "tokens_per_s": len(new) / decode_s if decode_s > 0 else 0.0, "ids": ids + new}
+
+
+def main(backend: str, load, argv=None) -> int:
+    args = parser(backend).parse_args(argv)
+
+    def run():
+        ckpt = resolve_checkpoint(args.checkpoint)
+        tokenizer_path = Path(args.tokenizer) if args.tokenizer else ckpt / "tokenizer.model"
+        next_logits, spec = load(ckpt)
+        tokenizer = load_tokenizer(tokenizer_path, spec.vocab_size)
+        stats = generate(next_logits, tokenizer, args.prompt, args.max_tokens,
+                         spec.max_seq_length, args.temperature, args.top_p, args.seed)
+        print(f"[{backend}] prompt {stats['prompt_tokens']} tokens in {stats['prefill_s']:.3f}s, "
+              f"generated {stats['new_tokens']} tokens at {stats['tokens_per_s']:.1f} tokens/s",
+              file=sys.stderr)
+    return run_cli(run, errors=(CheckpointError, DataError))

@@ -1,0 +1,30 @@
+"""Generate text with PyTorch: python -m torch_models.generate --checkpoint DIR --prompt "..." """
+import sys
+
+import numpy as np
+import torch
+
+from shared.checkpoint import CheckpointError
+from shared.generate_cli import main
+from torch_models.models import load_model
+from torch_models.trainer import default_device
+
+
+def load(checkpoint):
+    model, config = load_model(checkpoint)
+    if config["family"] != "lm":
+        raise CheckpointError(f"{checkpoint} holds a {config['family']!r} model, not an LM")
+    device = default_device()
+    model = model.to(device).eval()
+    cache = model.make_cache()
+
+    @torch.no_grad()
+    def next_logits(ids: np.ndarray) -> np.ndarray:
+        logits = model(torch.from_numpy(ids).to(device), cache)[0, -1]
+        return logits.float().cpu().numpy()
+
+    return next_logits, model.spec
+
+
+if __name__ == "__main__":
+    sys.exit(main("torch", load))
