@@ -35,6 +35,7 @@ import yaml
 from shared.checkpoint import CheckpointError, load_safetensors, open_checkpoint, save_checkpoint
 from shared.config import RunConfig
 from shared.data.lm_text import LMDataset, WindowSampler, eval_batches
+from shared.data.loader import prefetch
 from shared.schedule import lr_at
 
 TRAINER_STATE = "trainer_state.safetensors"
@@ -161,6 +162,7 @@ class Run:
         """Train to train.max_steps (or stop, with a checkpoint, after `stop_after`)."""
         tc, st = self.config.train, self.state
         last = tc.max_steps if stop_after is None else min(stop_after, tc.max_steps)
+        self.step_at_start, self.samples_at_start = st.step, st.samples_seen
         tokens_per_step = tc.batch_size * tc.gradient_accumulation_steps * self.world_size * self.seq_len
         previous = signal.signal(signal.SIGINT, self._on_interrupt)
         bar = self._bar(st.step)
@@ -170,12 +172,12 @@ class Run:
                 first = self.evaluate()
                 self.record(first)
                 self.log(f"step 0: val_loss {first['val_loss']:.4f} val_ppl {first['val_ppl']:.2f}")
+            batches = prefetch(self._step_batches, st.step, last)
             while st.step < last and not self._interrupted:
                 lr = lr_at(st.step, tc.learning_rate, tc.min_lr, tc.warmup_steps, tc.max_steps)
-                micro = []
-                for _ in range(tc.gradient_accumulation_steps):
-                    micro.append(self.sampler.batch(st.samples_seen, tc.batch_size))
-                    st.samples_seen += tc.batch_size * self.world_size
+                loaded = next(batches)
+                micro = [loaded[k] for k in sorted(loaded)]
+                st.samples_seen += len(micro) * tc.batch_size * self.world_size
                 result = self.trainer.train_step(micro, lr)
                 st.step += 1
                 st.tokens_seen += tokens_per_step
@@ -224,6 +226,14 @@ class Run:
             if bar is not None:
                 bar.close()
         return st
+
+    def _step_batches(self, step: int) -> dict[str, np.ndarray]:
+        """The micro-batches of optimizer step `step` (this rank's share)."""
+        tc = self.config.train
+        per_step = tc.batch_size * tc.gradient_accumulation_steps * self.world_size
+        first = self.samples_at_start + (step - self.step_at_start) * per_step
+        return {f"micro{k:04d}": self.sampler.batch(first + k * tc.batch_size * self.world_size, tc.batch_size)
+                for k in range(tc.gradient_accumulation_steps)}
 
     def _on_interrupt(self, signum, frame):
         if self._interrupted:  # a second Ctrl+C stops at once
