@@ -45,12 +45,15 @@ def test_accumulation_memory_stays_flat_mlx():
     t = MLXTrainer(SPEC, TrainConfig(), lm_init_weights(SPEC, 1))
     micro = batch(8, length=65)
     t.train_step([micro], 1e-3)  # allocate optimizer state first
+    # K >= 2 holds one running-sum buffer of gradients more than K = 1; beyond that,
+    # more micro-batches must not cost more memory. (Kept graphs would make K = 16 several
+    # times K = 2; the allocator's own run-to-run noise here is about 3 %.)
     peaks = {}
-    for k in (1, 6):
+    for k in (2, 16):
         mx.reset_peak_memory()
         t.train_step([micro] * k, 1e-3)
         peaks[k] = mx.get_peak_memory()
-    assert peaks[6] <= 1.05 * peaks[1], peaks
+    assert peaks[16] <= 1.10 * peaks[2], peaks
 
 
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
