@@ -63,6 +63,8 @@ def train(args, backend: str, trainer_cls) -> None:
     run = Run(config, trainer_cls, out, resume=args.resume, progress=not args.no_progress)
     state = run.train()
     _, peak = run.memory_gb()
+    predicted = f" (planner predicted {run.predicted_peak / 1e9:.2f} GB)" if run.predicted_peak else ""
+    measured = "process RSS" if run.trainer.memory()[1] == 0 else "measured peak"
     print(f"done: {state.step} steps in {time.perf_counter() - start:.1f}s, best val_loss "
-          f"{state.best_val_loss:.4f}, peak memory {peak:.2f} GB; run directory {out}",
+          f"{state.best_val_loss:.4f}, {measured} {peak:.2f} GB{predicted}; run directory {out}",
           file=sys.stderr)

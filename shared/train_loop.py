@@ -97,6 +97,7 @@ class Run:
         self.trainer = trainer_cls(config.model, tc, weights)
         if resume is not None:
             self._restore(ckpt)
+        self.predicted_peak = self._log_memory_plan()
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         self._interrupted = False
@@ -134,6 +135,21 @@ class Run:
         steps = sorted((self.out / "checkpoints").glob("step_*"))
         for old in steps[:-self.config.train.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
+
+    def _log_memory_plan(self) -> float | None:
+        """Say before the first step what the planner expects (python -m shared.plan)."""
+        from shared.hardware import get_profile
+        from shared.memory import GB, budget_bytes, plan
+        try:
+            p = plan(self.config, self.trainer.backend)
+        except ValueError:
+            return None
+        profile = get_profile(self.config.hardware.device)
+        verdict = "fits" if p.peak_bytes <= budget_bytes(profile) else "DOES NOT FIT"
+        self.log(f"memory plan: predicted peak {p.peak_bytes / GB:.2f} GB on {self.trainer.backend}; "
+                 f"{verdict} {profile.name} ({budget_bytes(profile) / GB:.1f} GB budget); "
+                 f"largest tensor: {p.largest.name} {p.largest.shape}")
+        return p.peak_bytes
 
     # ------------------------------------------------------------------ logging
     def log(self, text: str) -> None:

@@ -1,0 +1,108 @@
+"""Planner accuracy: every shipped config, scaled to run on this machine, predicted peak
+vs measured peak (mx.get_peak_memory on MLX).
+
+    python bench/memory_accuracy.py [--markdown FILE]
+
+tests/test_memory.py checks the same rows against a +-15 % bound. The scaled versions keep
+each config's structure -- precision, checkpointing, accumulation, head grouping, tied or
+untied embeddings, MLP ratio -- and shrink width, depth, vocabulary, batch and sequence.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+# name -> (shipped config, overrides that scale it to this machine)
+SCALED = {
+    "tiny": ("configs/tiny.yaml", {}),
+    "m4max (medium, bf16)": ("configs/m4max.yaml", {
+        "model.vocab_size": 2048, "model.hidden_size": 256, "model.num_layers": 4,
+        "model.num_heads": 4, "model.num_kv_heads": 1, "model.intermediate_size": 1024,
+        "train.batch_size": 4, "train.seq_length": 256, "train.gradient_accumulation_steps": 2}),
+    "m4max (medium, fp32)": ("configs/m4max.yaml", {
+        "model.vocab_size": 2048, "model.hidden_size": 256, "model.num_layers": 4,
+        "model.num_heads": 4, "model.num_kv_heads": 1, "model.intermediate_size": 1024,
+        "train.batch_size": 4, "train.seq_length": 256, "train.precision": "fp32"}),
+    "m4max_large (checkpointing)": ("configs/m4max_large.yaml", {
+        "model.vocab_size": 2048, "model.hidden_size": 384, "model.num_layers": 4,
+        "model.num_heads": 6, "model.num_kv_heads": 1, "model.intermediate_size": 1536,
+        "train.batch_size": 2, "train.seq_length": 192, "train.gradient_accumulation_steps": 2}),
+    "m2_8gb_lm": ("configs/m2_8gb_lm.yaml", {
+        "model.vocab_size": 2048, "model.hidden_size": 128, "model.num_layers": 4,
+        "model.num_heads": 2, "model.num_kv_heads": 1, "model.intermediate_size": 352,
+        "train.batch_size": 4, "train.seq_length": 256, "train.gradient_accumulation_steps": 2}),
+    "cuda_lm (on MLX)": ("configs/cuda_lm.yaml", {
+        "model.vocab_size": 2048, "model.hidden_size": 256, "model.num_layers": 4,
+        "model.num_heads": 4, "model.num_kv_heads": 1, "model.intermediate_size": 1024,
+        "train.batch_size": 2, "train.seq_length": 256, "train.gradient_accumulation_steps": 2,
+        "train.compile": False}),
+}
+
+
+def scaled_config(name: str):
+    from shared.config import load_config
+    from shared.memory import with_overrides
+
+    path, overrides = SCALED[name]
+    config = load_config(path)
+    model_max = max(config.model.max_seq_length, overrides.get("train.seq_length", 0))
+    return with_overrides(config, {"model.max_seq_length": model_max, **overrides})
+
+
+def measure_peak(config) -> int:
+    """Peak memory of one full training step (after a first step allocated AdamW state)."""
+    import gc
+
+    import mlx.core as mx
+    import numpy as np
+
+    from mlx_models.trainer import Trainer
+
+    trainer = Trainer(config.model, config.train)
+    tokens = np.random.default_rng(0).integers(
+        0, config.model.vocab_size, (config.train.batch_size, config.seq_length + 1)).astype(np.int32)
+    micro = [tokens] * config.train.gradient_accumulation_steps
+    trainer.train_step(micro, 1e-4)
+    gc.collect()
+    mx.reset_peak_memory()
+    trainer.train_step(micro, 1e-4)
+    peak = mx.get_peak_memory()
+    del trainer
+    gc.collect()
+    return peak
+
+
+def rows() -> list[dict]:
+    from shared.memory import plan
+
+    out = []
+    for name in SCALED:
+        config = scaled_config(name)
+        predicted = plan(config, "mlx").peak_bytes
+        measured = measure_peak(config)
+        out.append({"config": name, "predicted_mb": predicted / 1e6, "measured_mb": measured / 1e6,
+                    "error": predicted / measured - 1})
+    return out
+
+
+def markdown(table: list[dict]) -> str:
+    lines = ["| config (scaled) | predicted MB | measured MB | error |", "|---|---|---|---|"]
+    lines += [f"| {r['config']} | {r['predicted_mb']:.1f} | {r['measured_mb']:.1f} | {r['error']:+.1%} |"
+              for r in table]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    import mlx_models  # noqa: F401  (optimized BLAS before mlx.core)
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--markdown", help="also write the table to this file")
+    args = p.parse_args()
+    text = markdown(rows())
+    print(text)
+    if args.markdown:
+        open(args.markdown, "w").write(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""python -m mlx_models.find_batch_size --config FILE: the largest micro-batch that trains."""
+import gc
+import sys
+
+import mlx.core as mx
+import numpy as np
+
+from mlx_models.trainer import Trainer
+from shared.batch_finder import OutOfMemory, main
+from shared.memory import with_overrides
+
+
+def make_probe(config):
+    def probe(batch: int) -> float:
+        cfg = with_overrides(config, {"train.batch_size": batch, "train.gradient_accumulation_steps": 1})
+        gc.collect()
+        mx.clear_cache()
+        try:
+            trainer = Trainer(cfg.model, cfg.train)
+            tokens = np.random.default_rng(0).integers(
+                0, cfg.model.vocab_size, (batch, cfg.seq_length + 1)).astype(np.int32)
+            mx.reset_peak_memory()
+            for _ in range(2):  # the second step runs with the optimizer state allocated
+                trainer.train_step([tokens], cfg.train.learning_rate)
+            return mx.get_peak_memory()
+        except RuntimeError as e:  # MLX reports a failed allocation as RuntimeError
+            if "memory" in str(e).lower() or "alloc" in str(e).lower():
+                raise OutOfMemory(str(e)) from None
+            raise
+        finally:
+            trainer = None
+            gc.collect()
+    return probe
+
+
+if __name__ == "__main__":
+    sys.exit(main("mlx", make_probe))
