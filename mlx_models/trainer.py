@@ -26,6 +26,13 @@ def make_optimizer(train) -> optim.Optimizer:
                                 [lambda path, p: p.ndim >= 2])
 
 
+def to_mx(batch):
+    """A numpy batch (an array, or a dict of arrays) as MLX arrays."""
+    if isinstance(batch, dict):
+        return {k: mx.array(v) for k, v in batch.items()}
+    return mx.array(batch)
+
+
 class Trainer:
     backend = "mlx"
 
@@ -75,7 +82,7 @@ class Trainer:
         master = self.model.trainable_parameters()
         grads, total = None, 0.0
         for batch in micro_batches:
-            loss, g = self._grad_fn(mx.array(batch))
+            loss, g = self._grad_fn(to_mx(batch))
             grads = g if grads is None else tree_map(mx.add, grads, g)
             # Evaluate now so only one micro-batch's graph is alive at a time:
             # memory stays flat as accumulation grows.
@@ -107,9 +114,17 @@ class Trainer:
     def eval_loss(self, batch: np.ndarray) -> float:
         was_training = self.model.training
         self.model.eval()
-        loss = self._loss_fn(self.model, mx.array(batch)).item()
+        loss = self._loss_fn(self.model, to_mx(batch)).item()
         self.model.train(was_training)
         return loss
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        """The model's output for `inputs`, in eval mode, as float32 numpy."""
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model(to_mx(inputs))
+        self.model.train(was_training)
+        return np.array(out.astype(mx.float32))
 
     # -- state for checkpoints and parity checks --------------------------------------
     def get_weights(self) -> dict[str, np.ndarray]:

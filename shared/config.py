@@ -42,6 +42,40 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class AudioDataConfig:
+    """Music separation data: a MUSDB18-HQ-layout root (see shared/data/musdb.py)."""
+    # MUSDB18-HQ root (train/, test/). Empty: a synthetic demo set is generated into the
+    # run directory (python -m shared.data.synth_musdb), so training works from a clone.
+    root: str = ""
+    sample_rate: int = 44100
+    segment_seconds: float = 3.0
+    remix: bool = True                 # stems of an example from different tracks
+    gain_min: float = 0.25
+    gain_max: float = 1.25
+    channel_swap: bool = True
+    min_rms: float = 1e-3              # redraw near-silent stem segments
+    val_tracks: int = 0                # validation tracks to score (0: all)
+    val_segments: int = 8              # fixed validation segments for val_loss
+    synth_tracks: int = 8              # size of the generated demo set
+    synth_seconds: float = 12.0
+    seed: int = 0
+
+    def validate(self):
+        if self.sample_rate <= 0 or self.segment_seconds <= 0:
+            raise ConfigError("data.sample_rate and data.segment_seconds must be > 0")
+        if not 0 < self.gain_min <= self.gain_max:
+            raise ConfigError(f"data.gain_min/gain_max must satisfy 0 < min <= max, got "
+                              f"{self.gain_min}, {self.gain_max}")
+        if self.val_tracks < 0 or self.val_segments <= 0 or self.synth_tracks < 2:
+            raise ConfigError("data.val_tracks must be >= 0, data.val_segments > 0, "
+                              "data.synth_tracks >= 2")
+
+    @property
+    def segment_samples(self) -> int:
+        return int(round(self.segment_seconds * self.sample_rate))
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     seed: int = 1337
     batch_size: int = 8                    # micro-batch: sequences per forward/backward
@@ -105,12 +139,13 @@ class HardwareConfig:
 class RunConfig:
     family: str
     model: typing.Any
-    data: DataConfig = field(default_factory=DataConfig)
+    data: typing.Any = field(default_factory=DataConfig)   # DataConfig or AudioDataConfig
     train: TrainConfig = field(default_factory=TrainConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
 
     @property
     def seq_length(self) -> int:
+        """Tokens per training sequence (LM family)."""
         return self.train.seq_length or self.model.max_seq_length
 
     def to_dict(self) -> dict:
@@ -119,6 +154,12 @@ class RunConfig:
 
 
 SECTIONS = {"data": DataConfig, "train": TrainConfig, "hardware": HardwareConfig}
+# The data section's schema depends on the family.
+DATA_CONFIGS = {"lm": DataConfig}
+
+
+def data_config_class(family: str):
+    return DATA_CONFIGS.get(family, AudioDataConfig)
 
 
 def _did_you_mean(key: str, known) -> str:
@@ -131,6 +172,12 @@ def _coerce(value, annotation, where: str):
     hint = typing.get_origin(annotation) or annotation
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is tuple:  # e.g. tuple[int, int]: YAML gives a list
+        kinds = [k for k in typing.get_args(annotation) if k is not Ellipsis]
+        if not isinstance(value, (list, tuple)) or (Ellipsis not in typing.get_args(annotation)
+                                                     and len(value) != len(kinds)):
+            raise ConfigError(f"{where} must be a list of {len(kinds)} values, got {value!r}")
+        return tuple(_coerce(v, kinds[min(i, len(kinds) - 1)], f"{where}[{i}]") for i, v in enumerate(value))
     if hint in (list, typing.List):
         if not isinstance(value, list):
             value = [value] if isinstance(value, str) else value
@@ -193,11 +240,12 @@ def config_from_dict(raw: dict, overrides: list[str] = ()) -> RunConfig:
     if family not in FAMILIES:
         raise ConfigError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
     model = _build(get_family(family).spec_class, raw.get("model"), "model")
-    sections = {name: _build(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
+    classes = SECTIONS | {"data": data_config_class(family)}
+    sections = {name: _build(cls, raw.get(name), name) for name, cls in classes.items()}
     for section in sections.values():
         section.validate()
     config = RunConfig(family=family, model=model, **sections)
-    if config.seq_length > config.model.max_seq_length:
+    if family == "lm" and config.seq_length > config.model.max_seq_length:
         raise ConfigError(f"train.seq_length ({config.seq_length}) exceeds model.max_seq_length "
                           f"({config.model.max_seq_length})")
     return config

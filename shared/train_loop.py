@@ -34,8 +34,8 @@ import yaml
 
 from shared.checkpoint import CheckpointError, load_safetensors, open_checkpoint, save_checkpoint
 from shared.config import RunConfig
-from shared.data.lm_text import LMDataset, WindowSampler, eval_batches
 from shared.data.loader import prefetch
+from shared.tasks import make_task
 from shared.schedule import lr_at
 
 TRAINER_STATE = "trainer_state.safetensors"
@@ -64,6 +64,27 @@ def find_checkpoint(path: str | Path) -> Path:
     return steps[-1]
 
 
+def flatten_micro_batches(micro: list) -> dict[str, np.ndarray]:
+    """mlx-data streams flat dicts of arrays: micro-batch k (an array, or a dict of arrays)
+    becomes key "0003" or keys "0003.mixture", "0003.sources"."""
+    flat = {}
+    for k, batch in enumerate(micro):
+        if isinstance(batch, dict):
+            flat |= {f"{k:04d}.{name}": array for name, array in batch.items()}
+        else:
+            flat[f"{k:04d}"] = batch
+    return flat
+
+
+def unflatten_micro_batches(flat: dict) -> list:
+    """The inverse of flatten_micro_batches (mlx-data does not keep key order)."""
+    grouped: dict[str, dict] = {}
+    for key in sorted(flat):
+        index, _, name = key.partition(".")
+        grouped.setdefault(index, {})[name] = flat[key]
+    return [group[""] if "" in group else group for _, group in sorted(grouped.items())]
+
+
 def process_memory() -> tuple[int, int]:
     """(current, peak) resident memory of this process, for backends whose framework
     keeps no allocator statistics on this device (torch on CPU)."""
@@ -85,10 +106,7 @@ class Run:
         self.config, self.out = config, Path(out_dir)
         self.rank, self.world_size, self.progress = rank, world_size, progress
         tc = config.train
-        self.seq_len = config.seq_length
-        self.data = LMDataset(config.data, config.model.vocab_size, self.out / "data")
-        self.sampler = WindowSampler(self.data.train, self.seq_len, tc.seed, rank, world_size)
-        self.val_batches = eval_batches(self.data.val, self.seq_len, tc.batch_size, tc.eval_batches)
+        self.task = make_task(config, self.out, rank, world_size)
         self.state = TrainState()
         weights = None
         if resume is not None:
@@ -125,7 +143,7 @@ class Run:
         tensors = {f"opt.{k}": v for k, v in self.trainer.optimizer_state().items()}
         tensors |= {f"rng.{k}": v for k, v in self.trainer.rng_state().items()}
         extra = {TRAINER_STATE: tensors, TRAIN_STATE: json.dumps(asdict(self.state)).encode(),
-                 "tokenizer.model": self.data.tokenizer_path.read_bytes()}
+                 **self.task.checkpoint_files()}
         path = save_checkpoint(self.out / "checkpoints" / name, self.trainer.get_weights(),
                                self.config.to_dict(), extra_files=extra)
         self._prune()
@@ -169,35 +187,34 @@ class Run:
 
     # ------------------------------------------------------------------ the loop
     def evaluate(self) -> dict:
-        losses = [self.trainer.eval_loss(b) for b in self.val_batches]
-        val_loss = float(np.mean(losses))
-        return {"step": self.state.step, "val_loss": val_loss,
-                "val_ppl": float(math.exp(min(val_loss, 50)))}
+        row = {"step": self.state.step, **self.task.evaluate(self.trainer)}
+        self.log(f"step {row['step']}: " + " ".join(
+            f"{k} {v:.4f}" if abs(v) < 1000 else f"{k} {v:.1f}" for k, v in row.items() if k != "step"))
+        return row
 
     def train(self, stop_after: int | None = None) -> TrainState:
         """Train to train.max_steps (or stop, with a checkpoint, after `stop_after`)."""
         tc, st = self.config.train, self.state
         last = tc.max_steps if stop_after is None else min(stop_after, tc.max_steps)
         self.step_at_start, self.samples_at_start = st.step, st.samples_seen
-        tokens_per_step = tc.batch_size * tc.gradient_accumulation_steps * self.world_size * self.seq_len
+        units_per_step = (tc.batch_size * tc.gradient_accumulation_steps * self.world_size
+                          * self.task.units_per_sample)
+        rate_key = f"{self.task.unit}_per_s"
         previous = signal.signal(signal.SIGINT, self._on_interrupt)
         bar = self._bar(st.step)
         window_start, window_tokens = time.perf_counter(), 0
         try:
             if st.step == 0:
-                first = self.evaluate()
-                self.record(first)
-                self.log(f"step 0: val_loss {first['val_loss']:.4f} val_ppl {first['val_ppl']:.2f}")
+                self.record(self.evaluate())
             batches = prefetch(self._step_batches, st.step, last)
             while st.step < last and not self._interrupted:
                 lr = lr_at(st.step, tc.learning_rate, tc.min_lr, tc.warmup_steps, tc.max_steps)
-                loaded = next(batches)
-                micro = [loaded[k] for k in sorted(loaded)]
+                micro = unflatten_micro_batches(next(batches))
                 st.samples_seen += len(micro) * tc.batch_size * self.world_size
                 result = self.trainer.train_step(micro, lr)
                 st.step += 1
-                st.tokens_seen += tokens_per_step
-                window_tokens += tokens_per_step
+                st.tokens_seen += units_per_step
+                window_tokens += units_per_step
                 if result["skipped"]:
                     st.skipped_steps += 1
                     st.bad_steps_in_row += 1
@@ -214,12 +231,13 @@ class Run:
                     mem, peak = self.memory_gb()
                     row = {"step": st.step, "loss": result["loss"], "lr": lr,
                            "grad_norm": result["grad_norm"],
-                           "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+                           rate_key: window_tokens / max(elapsed, 1e-9),
                            "mem_gb": round(mem, 3), "peak_mem_gb": round(peak, 3)}
                     self.record(row)
                     if bar is not None:
+                        unit = "tok/s" if self.task.unit == "tokens" else "audio s/s"
                         bar.set_postfix_str(f"loss={row['loss']:.4f}, lr={lr:.6f}, "
-                                            f"tok/s={row['tokens_per_s']:.0f}, "
+                                            f"{unit}={row[rate_key]:.1f}, "
                                             f"mem={mem:.1f}/{peak:.1f}GB")
                     window_start, window_tokens = time.perf_counter(), 0
                 if bar is not None:
@@ -227,8 +245,6 @@ class Run:
                 if st.step % tc.eval_every == 0 or st.step == tc.max_steps:
                     row = self.evaluate()
                     self.record(row)
-                    self.log(f"step {st.step}: val_loss {row['val_loss']:.4f} "
-                             f"val_ppl {row['val_ppl']:.2f}")
                     if row["val_loss"] < st.best_val_loss:
                         st.best_val_loss = row["val_loss"]
                         self.save("best")
@@ -248,8 +264,9 @@ class Run:
         tc = self.config.train
         per_step = tc.batch_size * tc.gradient_accumulation_steps * self.world_size
         first = self.samples_at_start + (step - self.step_at_start) * per_step
-        return {f"micro{k:04d}": self.sampler.batch(first + k * tc.batch_size * self.world_size, tc.batch_size)
-                for k in range(tc.gradient_accumulation_steps)}
+        return flatten_micro_batches([
+            self.task.train_batch(first + k * tc.batch_size * self.world_size, tc.batch_size)
+            for k in range(tc.gradient_accumulation_steps)])
 
     def _on_interrupt(self, signum, frame):
         if self._interrupted:  # a second Ctrl+C stops at once

@@ -52,7 +52,10 @@ class Trainer:
         # torch.compile specialises the forward/backward; the loss function is the unit.
         self._forward_loss = torch.compile(self._loss_fn) if train.compile else self._loss_fn
 
-    def _batch(self, batch: np.ndarray) -> torch.Tensor:
+    def _batch(self, batch):
+        """A numpy batch (an array, or a dict of arrays) as tensors on the device."""
+        if isinstance(batch, dict):
+            return {k: self._batch(v) for k, v in batch.items()}
         return torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
 
     def _loss(self, batch: np.ndarray) -> torch.Tensor:
@@ -107,6 +110,17 @@ class Trainer:
         loss = self._loss_fn(self.model, self._batch(batch)).item()
         self.model.train(was_training)
         return loss
+
+    @torch.no_grad()
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        """The model's output for `inputs`, in eval mode, as float32 numpy."""
+        was_training = self.model.training
+        self.model.eval()
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                            enabled=self.autocast_dtype is not None):
+            out = self.model(self._batch(inputs))
+        self.model.train(was_training)
+        return out.float().cpu().numpy()
 
     # -- state for checkpoints and parity checks --------------------------------------
     def get_weights(self) -> dict[str, np.ndarray]:
