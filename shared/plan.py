@@ -58,11 +58,11 @@ def print_report(r: dict, config_path: str, profile) -> None:
     cal = "calibrated on MLX" if r["calibrated"] else "derived, not yet calibrated on this backend"
     w(f"Memory plan: {config_path} on {profile.name} ({profile.description}), backend "
       f"{r['backend']} ({cal})\n\n")
-    w(f"  {'term':<30} {'GB':>8}   detail\n")
+    w(f"  {'term':<34} {'GB':>8}   detail\n")
     for t in r["terms"]:
-        w(f"  {t['name']:<30} {t['bytes'] / GB:>8.2f}   {t['detail']}\n")
-    w(f"  {'predicted peak':<30} {r['peak_gb']:>8.2f}\n")
-    w(f"  {'budget':<30} {r['budget_gb']:>8.2f}   {profile.memory_bytes / GB:.1f} GB usable "
+        w(f"  {t['name']:<34} {t['bytes'] / GB:>8.2f}   {t['detail']}\n")
+    w(f"  {'predicted peak':<34} {r['peak_gb']:>8.2f}\n")
+    w(f"  {'budget':<34} {r['budget_gb']:>8.2f}   {profile.memory_bytes / GB:.1f} GB usable "
       f"x {1 - SAFETY_MARGIN:.0%} safety margin\n\n")
     if r["fits"]:
         w(f"FITS: {r['peak_gb']:.2f} GB of {r['budget_gb']:.2f} GB "
