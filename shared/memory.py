@@ -187,7 +187,8 @@ def plan_lm_torch(spec: LMSpec, train, seq: int, attention: str = "flash",
         Term("activations: head and loss", s["BT"] * s["V"] * (c + 4 + 4) + 2 * s["BT"] * s["D"] * 4,
              "logits, their float32 upcast and gradient"),
         Term("framework overhead", 0.5 * GB if device_type == "cuda" else 0.0,
-             "CUDA context and kernels (not in max_memory_allocated)"),
+             "CUDA context and kernels (not in max_memory_allocated)" if device_type == "cuda"
+             else "none counted on the CPU"),
     ]
     return MemoryPlan("torch", terms, _lm_largest(spec, train.batch_size, seq, c, unfused),
                       calibrated=False)
