@@ -1,0 +1,28 @@
+"""Separate a song with MLX: python -m mlx_models.separate --checkpoint DIR song.wav --out DIR"""
+import sys
+
+import mlx.core as mx
+import numpy as np
+
+from mlx_models.models import load_model
+from shared.checkpoint import CheckpointError
+from shared.separate_cli import main
+
+SEPARATORS = ("tflocoformer", "bandsplit")
+
+
+def load(checkpoint):
+    model, config = load_model(checkpoint)
+    if config["family"] not in SEPARATORS:
+        raise CheckpointError(f"{checkpoint} holds a {config['family']!r} model, not a separator")
+    model.eval()
+
+    def run_chunks(chunks: np.ndarray) -> np.ndarray:
+        out = model(mx.array(chunks))
+        return np.array(out.astype(mx.float32))
+
+    return run_chunks, config
+
+
+if __name__ == "__main__":
+    sys.exit(main("mlx", load))

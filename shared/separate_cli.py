@@ -1,0 +1,78 @@
+"""The command line of `python -m mlx_models.separate` and `python -m torch_models.separate`:
+separate a song of any length into stems with a trained separation checkpoint.
+
+The backend supplies `load(checkpoint) -> (run_chunks, config)`, where
+`run_chunks((N, C, T) float32) -> (N, S, C, T)`; reading and writing audio, chunking with
+cross-fades (shared/separation.py), the progress bar and the speed report live here.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from shared.checkpoint import CheckpointError
+from shared.cli import run_cli
+from shared.data.lm_text import DataError
+from shared.data.musdb import STEMS
+from shared.generate_cli import resolve_checkpoint
+from shared.separation import separate
+
+
+def read_input(path: Path, sample_rate: int, channels: int) -> np.ndarray:
+    """(C, T) float32; mono is copied to every channel the model expects."""
+    try:
+        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    if rate != sample_rate:
+        raise DataError(f"{path} is {rate} Hz but the model was trained at {sample_rate} Hz; "
+                        f"resample it first, e.g. sox {path.name} -r {sample_rate} out.wav")
+    audio = audio.T
+    if audio.shape[0] == 1 and channels > 1:
+        audio = np.repeat(audio, channels, axis=0)
+    if audio.shape[0] != channels:
+        raise DataError(f"{path} has {audio.shape[0]} channels; the model takes {channels} "
+                        f"(mono input is also accepted)")
+    return audio
+
+
+def main(backend: str, load, argv=None) -> int:
+    p = argparse.ArgumentParser(prog=f"python -m {backend}_models.separate",
+                                description=f"Separate a song into {', '.join(STEMS)} with {backend}.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+    p.add_argument("input", help="audio file (WAV, FLAC, ...)")
+    p.add_argument("--out", required=True, help="directory for <stem>.wav")
+    p.add_argument("--chunk-seconds", type=float, help="default: the training segment length")
+    p.add_argument("--overlap", type=float, default=0.25, help="chunk overlap, 0..0.9 (default 0.25)")
+    p.add_argument("--batch-chunks", type=int, default=4, help="chunks per forward pass")
+    args = p.parse_args(argv)
+
+    def run():
+        from tqdm import tqdm
+
+        ckpt = resolve_checkpoint(args.checkpoint)
+        run_chunks, config = load(ckpt)
+        data, model = config.get("data", {}), config["model"]
+        rate = int(data.get("sample_rate", 44100))
+        chunk = int(round((args.chunk_seconds or data.get("segment_seconds", 3.0)) * rate))
+        mixture = read_input(Path(args.input), rate, int(model["audio_channels"]))
+        hop = max(1, int(chunk * (1 - args.overlap)))
+        n_chunks = len(range(0, max(mixture.shape[1] - chunk, 0) + hop, hop))
+        start = time.perf_counter()
+        with tqdm(total=n_chunks, unit="chunk", file=sys.stderr, desc=f"separate[{backend}]") as bar:
+            stems = separate(mixture, run_chunks, chunk, args.overlap, args.batch_chunks, bar.update)
+        elapsed = time.perf_counter() - start
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, audio in zip(STEMS, stems):
+            sf.write(str(out / f"{name}.wav"), audio.T, rate, subtype="FLOAT")
+        seconds = mixture.shape[1] / rate
+        print(f"[{backend}] {seconds:.1f} s of audio in {elapsed:.1f} s "
+              f"({seconds / elapsed:.2f}x real time); wrote {', '.join(f'{s}.wav' for s in STEMS)} "
+              f"to {out}", file=sys.stderr)
+    return run_cli(run, errors=(CheckpointError, DataError, ValueError))

@@ -1,0 +1,30 @@
+"""Separate a song with PyTorch: python -m torch_models.separate --checkpoint DIR song.wav --out DIR"""
+import sys
+
+import numpy as np
+import torch
+
+from shared.checkpoint import CheckpointError
+from shared.separate_cli import main
+from torch_models.models import load_model
+from torch_models.trainer import default_device
+
+SEPARATORS = ("tflocoformer", "bandsplit")
+
+
+def load(checkpoint):
+    model, config = load_model(checkpoint)
+    if config["family"] not in SEPARATORS:
+        raise CheckpointError(f"{checkpoint} holds a {config['family']!r} model, not a separator")
+    device = default_device()
+    model = model.to(device).eval()
+
+    @torch.no_grad()
+    def run_chunks(chunks: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(chunks).to(device)).float().cpu().numpy()
+
+    return run_chunks, config
+
+
+if __name__ == "__main__":
+    sys.exit(main("torch", load))
