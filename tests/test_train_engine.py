@@ -110,6 +110,20 @@ def test_mlx_compiled_step_equals_eager():
         assert rel_err(runs[True][1][name], w) <= 1e-6, name
 
 
+def test_torch_compiled_step_equals_eager():
+    """torch.compile (inductor; on the CPU here, CUDA in real use) trains like eager mode.
+    Compiling takes ~30 s on two cores; it is the one slow test of the engine."""
+    weights = lm_init_weights(SPEC, 6)
+    batches = [batch(4, seed=s) for s in range(3)]
+    runs = {}
+    for compiled in (False, True):
+        t = TRAINERS["torch"](SPEC, TrainConfig(compile=compiled), weights)
+        runs[compiled] = ([t.train_step([b], 1e-3)["loss"] for b in batches], t.get_weights())
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-5)
+    for name, w in runs[False][1].items():
+        assert rel_err(runs[True][1][name], w) <= 1e-4, name
+
+
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
 def test_non_finite_steps_are_skipped_and_stop_the_run(backend):
     weights = lm_init_weights(SPEC, 7)
