@@ -112,12 +112,14 @@ def test_mlx_compiled_step_equals_eager():
 
 def test_torch_compiled_step_equals_eager():
     """torch.compile (inductor; on the CPU here, CUDA in real use) trains like eager mode.
-    Compiling takes ~30 s on two cores; it is the one slow test of the engine."""
+    Compiling takes ~30 s on two cores; it is the one slow test of the engine. eps is 1e-4
+    because inductor reorders fp32 arithmetic and Adam's first steps amplify such roundoff
+    in near-zero gradients by up to lr/eps (see tests/parity/test_lm_parity.py)."""
     weights = lm_init_weights(SPEC, 6)
     batches = [batch(4, seed=s) for s in range(3)]
     runs = {}
     for compiled in (False, True):
-        t = TRAINERS["torch"](SPEC, TrainConfig(compile=compiled), weights)
+        t = TRAINERS["torch"](SPEC, TrainConfig(compile=compiled, eps=1e-4), weights)
         runs[compiled] = ([t.train_step([b], 1e-3)["loss"] for b in batches], t.get_weights())
     assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-5)
     for name, w in runs[False][1].items():
