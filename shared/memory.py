@@ -194,9 +194,101 @@ def plan_lm_torch(spec: LMSpec, train, seq: int, attention: str = "flash",
                       calibrated=False)
 
 
+# ----------------------------------------------------------------------------- TF-Locoformer
+# Tensors kept per token (one time-frequency bin) of one path (frequency or time), in units
+# of the compute dtype, and per attention score. MLX values measured like the LM's.
+TFLOCO_COEFFICIENTS = {
+    # MLX: measured (one base shape, varying depth, width, FFN, heads; docs/memory.md).
+    # MLX keeps this model's activations in float32 even under bf16 (norms, STFT domain):
+    # the bf16 peak measured the same as fp32's, hence "bytes": 4.
+    "mlx": {"hidden": 10.2, "attn": 5.4, "ffn": 5.35, "scores": 0.62, "working_set": 0.86,
+            "recompute": 2.5, "audio": 48.0, "bytes": 4},
+    # torch: derived from the saved-tensor list, not yet calibrated on a GPU.
+    "torch": {"hidden": 8.0, "attn": 6.0, "ffn": 3.0, "scores": 2.0, "working_set": 1.0,
+              "recompute": 2.0, "audio": 48.0, "bytes": None},
+}
+
+
+def _tfloco_shapes(spec, batch: int, samples: int):
+    frames, bins = 1 + samples // spec.hop, spec.n_fft // 2 + 1
+    return dict(B=batch, Tf=frames, F=bins, tokens=batch * frames * bins, D=spec.emb_dim,
+                A=spec.attention_dim or spec.emb_dim, H=spec.n_heads, L=spec.n_layers,
+                ffn=sum(spec.ffn_hidden_dim), samples=samples,
+                audio=batch * spec.audio_channels * spec.n_sources * samples)
+
+
+def plan_tflocoformer(spec, train, samples: int, backend: str, attention: str) -> MemoryPlan:
+    """Peak memory of a TF-Locoformer step. Each block runs a frequency path (sequences of
+    F bins, one per frame) and a time path (sequences of frames, one per bin); unfused
+    attention keeps B x frames x H x F x F scores in the first and B x F x H x frames x
+    frames in the second -- seed 003's 80.89 GiB allocation."""
+    from shared.specs.tflocoformer import tflocoformer_param_counts
+
+    n = tflocoformer_param_counts(spec)["total"]
+    coef = TFLOCO_COEFFICIENTS[backend]
+    c = coef["bytes"] or _bytes(train.precision)
+    s = _tfloco_shapes(spec, train.batch_size, samples)
+    unfused = backend == "mlx" or attention == "math"
+    chunk = spec.attention_chunk
+    freq_q = min(chunk, s["F"]) if chunk else s["F"]
+    time_q = min(chunk, s["Tf"]) if chunk else s["Tf"]
+    per_path = s["tokens"] * (coef["hidden"] * s["D"] + coef["ffn"] * s["ffn"] + coef["attn"] * s["A"]) * c
+    # Chunked attention recomputes each chunk in the backward pass: no scores are kept,
+    # only one chunk's exist at a time.
+    all_scores = s["B"] * s["H"] * s["Tf"] * s["F"] * (s["F"] + s["Tf"]) * c
+    chunk_scores = s["B"] * s["H"] * max(s["Tf"] * freq_q * s["F"], s["F"] * time_q * s["Tf"]) * c
+    kept_scores = 0 if not unfused else (0 if chunk else coef["scores"] * all_scores)
+    per_block = 2 * per_path + kept_scores
+    transient = (chunk_scores if chunk else 0) if unfused else 0
+    if train.gradient_checkpointing:
+        blocks = Term("activations: blocks", s["L"] * s["tokens"] * s["D"] * 4
+                      + coef["recompute"] * per_block + transient,
+                      f"{s['L']} block inputs + 1 block recomputed ({per_block / GB:.2f} GB)")
+    else:
+        blocks = Term("activations: blocks", (s["L"] + coef["working_set"]) * per_block + transient,
+                      f"{s['L']} blocks x {per_block / GB:.2f} GB + backward working set "
+                      f"({'unfused attention' if unfused else attention}"
+                      f"{', chunked' if chunk else ''})")
+    terms = [
+        Term("weights", 4 * n, f"{n:,} parameters, float32"),
+        Term("optimizer state", 8 * n, "AdamW, float32"),
+        Term("gradients", 4 * n, "float32"),
+    ]
+    if train.gradient_accumulation_steps > 1 and backend == "mlx":
+        terms.append(Term("accumulation buffer", 4 * n, "running sum of micro-batch gradients"))
+    if c == 2:
+        terms.append(Term("low-precision weight copies", 2 * n, "bf16 casts"))
+    terms += [
+        Term("activations: encoder, decoder", 4 * s["tokens"] * (2 * s["D"] + 4 * spec.audio_channels
+             * (1 + spec.n_sources)) * (c / 4 + 0.5), "STFT, Conv2d + GroupNorm in, ConvTranspose2d out"),
+        blocks,
+        Term("activations: STFT loss and iSTFT", coef["audio"] * 4 * s["audio"],
+             "multi-resolution STFTs of estimates and references, iSTFT"),
+        Term("framework overhead", 0.5 * GB if backend == "torch" else 0.0,
+             "CUDA context" if backend == "torch" else "only live arrays count"),
+    ]
+    # The single largest tensor: an attention score block, else the encoder output.
+    candidates = [Allocation("encoder output", (s["B"], s["D"], s["Tf"], s["F"]), s["tokens"] * s["D"] * c)]
+    if unfused:
+        candidates += [
+            Allocation("frequency-path attention scores", (s["B"] * s["Tf"], s["H"], freq_q, s["F"]),
+                       s["B"] * s["Tf"] * s["H"] * freq_q * s["F"] * c),
+            Allocation("time-path attention scores", (s["B"] * s["F"], s["H"], time_q, s["Tf"]),
+                       s["B"] * s["F"] * s["H"] * time_q * s["Tf"] * c)]
+    return MemoryPlan(backend, terms, max(candidates, key=lambda a: a.bytes),
+                      calibrated=backend == "mlx")
+
+
 # ----------------------------------------------------------------------------- dispatch
 def plan(config, backend: str, attention: str | None = None) -> MemoryPlan:
     """The predicted memory of one training step of `config` on `backend`."""
+    if config.family == "tflocoformer":
+        if backend not in ("mlx", "torch"):
+            raise ValueError(f"unknown backend {backend!r}; expected mlx or torch")
+        device_type = "cpu" if config.hardware.device == "cpu" else "cuda"
+        default = "math" if device_type == "cpu" else "flash"
+        return plan_tflocoformer(config.model, config.train, config.data.segment_samples, backend,
+                                 attention or default)
     if config.family != "lm":
         raise ValueError(f"the memory planner does not cover family {config.family!r} yet")
     if backend == "mlx":
@@ -237,8 +329,8 @@ def suggestions(config, backend: str, attention: str | None = None) -> list[Sugg
     Batch changes keep the effective batch by raising accumulation."""
     tc, out = config.train, []
 
-    def add(change, overrides, keeps=True):
-        peak = plan(with_overrides(config, overrides), backend, attention).peak_bytes
+    def add(change, overrides, keeps=True, attention_path=None):
+        peak = plan(with_overrides(config, overrides), backend, attention_path or attention).peak_bytes
         out.append(Suggestion(change, overrides, peak, keeps))
 
     b, k = tc.batch_size, tc.gradient_accumulation_steps
@@ -251,22 +343,41 @@ def suggestions(config, backend: str, attention: str | None = None) -> list[Sugg
     if tc.precision == "fp32":
         add("bf16 compute with fp32 master weights", {"train.precision": "bf16"})
     if backend == "torch" and (attention or "flash") == "math":
-        add("fused SDPA attention (flash / memory-efficient)", {}, True)
-    seq = config.seq_length
-    for shorter in (seq // 2, seq // 4):
-        if shorter >= 64:
-            add(f"sequence {seq} -> {shorter} tokens (keeps tokens/step only with batch x "
-                f"{seq // shorter})", {"train.seq_length": shorter}, keeps=False)
-    if config.family == "lm" and config.model.num_layers > 2:
-        fewer = config.model.num_layers * 3 // 4
-        add(f"model: {config.model.num_layers} -> {fewer} layers (a smaller model)",
-            {"model.num_layers": fewer}, keeps=False)
+        add("fused SDPA attention (flash / memory-efficient: no T x T scores; --attention flash)",
+            {}, True, attention_path="flash")
+    if config.family == "lm":
+        seq = config.seq_length
+        for shorter in (seq // 2, seq // 4):
+            if shorter >= 64:
+                add(f"sequence {seq} -> {shorter} tokens (keeps tokens/step only with batch x "
+                    f"{seq // shorter})", {"train.seq_length": shorter}, keeps=False)
+    else:
+        seconds = config.data.segment_seconds
+        for shorter in (seconds / 2, seconds / 3):
+            add(f"segment {seconds:g} s -> {shorter:g} s", {"data.segment_seconds": shorter}, keeps=False)
+        if not config.model.attention_chunk:
+            chunked = plan(with_overrides(config, {"model.attention_chunk": 256}), backend, attention)
+            add(f"chunked attention (model.attention_chunk=256): largest allocation "
+                f"{chunked.largest.bytes / GB:.1f} GB", {"model.attention_chunk": 256})
+        if config.model.n_fft > 1024:
+            add(f"STFT n_fft {config.model.n_fft} -> {config.model.n_fft // 2}, hop "
+                f"{config.model.hop} -> {config.model.hop // 2}",
+                {"model.n_fft": config.model.n_fft // 2, "model.hop": config.model.hop // 2}, keeps=False)
+    layers_key = "num_layers" if config.family == "lm" else "n_layers"
+    layers = getattr(config.model, layers_key)
+    if layers > 2:
+        add(f"model: {layers} -> {layers * 3 // 4} layers (a smaller model)",
+            {f"model.{layers_key}": layers * 3 // 4}, keeps=False)
     return sorted(out, key=lambda s: (not s.keeps_effective_batch, s.peak_bytes))
 
 
 def throughput_proxy(config) -> float:
     """Relative training speed of a config: devices run near full speed once a micro-batch
-    holds ~8K tokens, and activation checkpointing recomputes the forward (~25 % slower)."""
+    holds ~8K tokens (LM) or ~3 s of audio, and activation checkpointing recomputes the
+    forward (~25 % slower)."""
+    if config.family != "lm":
+        seconds = config.train.batch_size * config.data.segment_seconds
+        return min(1.0, seconds / 3.0) * (0.75 if config.train.gradient_checkpointing else 1.0)
     tokens = config.train.batch_size * config.seq_length
     return min(1.0, tokens / 8192) * (0.75 if config.train.gradient_checkpointing else 1.0)
 

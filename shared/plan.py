@@ -71,7 +71,8 @@ def print_report(r: dict, config_path: str, profile) -> None:
         w(f"DOES NOT FIT: {r['peak_gb']:.2f} GB needed, {r['budget_gb']:.2f} GB available "
           f"({r['peak_gb'] / r['budget_gb']:.1f}x)\n")
     lg = r["largest"]
-    w(f"Largest single allocation: {lg['name']} {tuple(lg['shape'])} = {lg['bytes'] / GB:.2f} GB\n")
+    w(f"Largest single allocation: {lg['name']} {tuple(lg['shape'])} = {lg['bytes'] / GB:.2f} GB "
+      f"({lg['bytes'] / 2**30:.2f} GiB)\n")
     if r["suggestions"]:
         w("\nChanges, each on its own (predicted peak):\n")
         for i, s in enumerate(r["suggestions"], 1):

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch_models import lm
+from torch_models import lm, tflocoformer
 from torch_models.weights import get_weights, set_weights
 from shared.checkpoint import checkpoint_config, open_checkpoint, save_checkpoint
 from shared.specs import family_of, get_family
 
-MODEL_CLASSES = {"lm": lm.LanguageModel}
-LOSSES = {"lm": lm.loss}
+MODEL_CLASSES = {"lm": lm.LanguageModel, "tflocoformer": tflocoformer.TFLocoformer}
+LOSSES = {"lm": lm.loss, "tflocoformer": tflocoformer.loss}
 
 
 def build_model(spec, seed: int = 0):

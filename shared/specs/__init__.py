@@ -9,6 +9,8 @@ import numpy as np
 
 from shared.specs.base import ParamSpec, SpecError
 from shared.specs.lm import LMSpec, lm_init_weights, lm_manifest, lm_param_counts
+from shared.specs.tflocoformer import (TFLocoformerSpec, tflocoformer_init_weights,
+                                       tflocoformer_manifest, tflocoformer_param_counts)
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,8 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "lm": Family("lm", LMSpec, lm_manifest, lm_init_weights, lm_param_counts),
+    "tflocoformer": Family("tflocoformer", TFLocoformerSpec, tflocoformer_manifest,
+                           tflocoformer_init_weights, tflocoformer_param_counts),
 }
 
 
