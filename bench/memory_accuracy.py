@@ -31,6 +31,18 @@ SCALED = {
         "model.vocab_size": 2048, "model.hidden_size": 128, "model.num_layers": 4,
         "model.num_heads": 2, "model.num_kv_heads": 1, "model.intermediate_size": 352,
         "train.batch_size": 4, "train.seq_length": 256, "train.gradient_accumulation_steps": 2}),
+    "musdb18_ultra_safe (scaled)": ("configs/musdb18_ultra_safe.yaml", {
+        "data.sample_rate": 8000, "data.segment_seconds": 1.0, "model.n_fft": 512, "model.hop": 128,
+        "model.emb_dim": 32, "model.n_layers": 2, "model.ffn_hidden_dim": (128, 128),
+        "train.precision": "fp32"}),
+    "musdb18_small (checkpointing, scaled)": ("configs/musdb18_small.yaml", {
+        "data.sample_rate": 8000, "data.segment_seconds": 1.0, "model.n_fft": 512, "model.hop": 128,
+        "model.emb_dim": 48, "model.n_heads": 3, "model.n_layers": 3, "model.ffn_hidden_dim": (96, 96),
+        "train.gradient_accumulation_steps": 1}),
+    "musdb18 XLarge (batch 2, scaled)": ("configs/musdb18.yaml", {
+        "data.sample_rate": 8000, "data.segment_seconds": 0.5, "model.n_fft": 256, "model.hop": 64,
+        "model.emb_dim": 32, "model.n_heads": 4, "model.n_layers": 2, "model.ffn_hidden_dim": (64, 64),
+        "train.batch_size": 2, "train.gradient_accumulation_steps": 1}),
     "cuda_lm (on MLX)": ("configs/cuda_lm.yaml", {
         "model.vocab_size": 2048, "model.hidden_size": 256, "model.num_layers": 4,
         "model.num_heads": 4, "model.num_kv_heads": 1, "model.intermediate_size": 1024,
@@ -45,8 +57,10 @@ def scaled_config(name: str):
 
     path, overrides = SCALED[name]
     config = load_config(path)
-    model_max = max(config.model.max_seq_length, overrides.get("train.seq_length", 0))
-    return with_overrides(config, {"model.max_seq_length": model_max, **overrides})
+    if config.family == "lm":
+        model_max = max(config.model.max_seq_length, overrides.get("train.seq_length", 0))
+        overrides = {"model.max_seq_length": model_max, **overrides}
+    return with_overrides(config, overrides)
 
 
 def measure_peak(config) -> int:
@@ -59,9 +73,16 @@ def measure_peak(config) -> int:
     from mlx_models.trainer import Trainer
 
     trainer = Trainer(config.model, config.train)
-    tokens = np.random.default_rng(0).integers(
-        0, config.model.vocab_size, (config.train.batch_size, config.seq_length + 1)).astype(np.int32)
-    micro = [tokens] * config.train.gradient_accumulation_steps
+    rng = np.random.default_rng(0)
+    if config.family == "lm":
+        batch = rng.integers(0, config.model.vocab_size,
+                             (config.train.batch_size, config.seq_length + 1)).astype(np.int32)
+    else:
+        m = config.model
+        sources = (rng.standard_normal((config.train.batch_size, m.n_sources, m.audio_channels,
+                                        config.data.segment_samples)) * 0.1).astype(np.float32)
+        batch = {"mixture": sources.sum(axis=1), "sources": sources}
+    micro = [batch] * config.train.gradient_accumulation_steps
     trainer.train_step(micro, 1e-4)
     gc.collect()
     mx.reset_peak_memory()
