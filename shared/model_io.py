@@ -1,0 +1,34 @@
+"""Build, save and load models through checkpoints, for either backend.
+
+A backend passes its model classes and its two weight functions (module <-> canonical
+numpy); everything else -- the spec's initial weights, the manifest, the checkpoint
+format -- is the same on both sides.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.checkpoint import checkpoint_config, open_checkpoint, save_checkpoint
+from shared.specs import family_of, get_family
+
+
+def build_model(spec, classes: dict, set_weights, seed: int = 0):
+    """A model with the spec's own initial weights (identical on both backends)."""
+    family = get_family(family_of(spec))
+    model = classes[family.name](spec)
+    set_weights(model, family.manifest(spec), family.init_weights(spec, seed), source="init")
+    return model
+
+
+def save_model(model, directory: str | Path, get_weights, extra_config: dict | None = None) -> Path:
+    manifest = get_family(family_of(model.spec)).manifest(model.spec)
+    return save_checkpoint(directory, get_weights(model, manifest),
+                           checkpoint_config(model.spec, extra_config))
+
+
+def load_model(directory: str | Path, classes: dict, set_weights):
+    """Rebuild the model a checkpoint was saved from; returns (model, config)."""
+    family, spec, manifest, weights, config = open_checkpoint(directory)
+    model = classes[family](spec)
+    set_weights(model, manifest, weights, source=f"checkpoint {directory}")
+    return model, config
