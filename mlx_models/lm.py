@@ -139,5 +139,18 @@ def _checkpointed(layer: nn.Module, h):
 
 def loss(model: LanguageModel, batch):
     """Mean next-token cross-entropy of a (B, T+1) token batch."""
-    logits = model(batch[:, :-1])
-    return nn.losses.cross_entropy(logits.astype(mx.float32), batch[:, 1:], reduction="mean")
+    logits = model(batch[:, :-1]).astype(mx.float32)
+    return cross_entropy(logits, batch[:, 1:])
+
+
+def cross_entropy(logits, targets):
+    """Mean of logsumexp(logits) - logits[target]: nn.losses.cross_entropy's math, with the
+    log-sum-exp written out so that the backward pass reuses the forward's exp (the
+    gradient of exp is its output) instead of recomputing a softmax. exp is the costliest
+    op of MLX's CPU backend on x86 (~13 ns/element); this halves how often it runs over
+    the (B, T, vocab) logits, at the same peak memory. The max is a constant shift: it
+    cancels in the math, so no gradient flows through it."""
+    target = mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)
+    shift = mx.stop_gradient(logits.max(axis=-1))
+    lse = mx.log(mx.exp(logits - shift[..., None]).sum(axis=-1)) + shift
+    return (lse - target).mean()

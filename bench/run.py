@@ -1,0 +1,587 @@
+"""The two backends side by side: training and generation speed, memory, FLOP/s and MFU.
+
+    python bench/run.py                                    # tiny LM, MLX and torch: a table
+    python bench/run.py --steps 20 --json b.json --markdown b.md --plot b.png
+    python bench/run.py --backends torch --configs configs/cuda_lm.yaml --steps 5   # MFU on CUDA
+
+For every model x backend x config: build the model from the spec's own initial weights,
+train it through the backend's Trainer (the same train_step the training CLIs run) on the
+same numpy batches of random tokens (no data files needed), warm up (compilation is not
+timed), then time --repeats blocks of --steps full optimizer steps. The backends take
+turns block by block, so a change in machine load hits both and the MLX/torch ratio of
+each block is a fair pair; the table reports medians and the spread over blocks.
+
+Each backend runs in a process of its own, as its training CLI does. In one process they
+would disturb each other: importing mlx_models loads OpenBLAS into the global symbol
+scope (mlx_models/blas.py), and from then on torch's own `sgemm_` calls resolve to it
+too, with OpenBLAS's thread pool competing with torch's OpenMP one.
+
+Nothing is written except the files named by --json, --markdown and --plot.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from shared.cli import run_cli
+from shared.config import ConfigError, RunConfig, load_config
+from shared.hardware import PROFILES, get_profile
+from shared.sampling import sample_next
+from shared.specs import get_family
+from shared.specs.base import SpecError
+from shared.specs.lm import lm_train_flops_per_token
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------- families
+@dataclass(frozen=True)
+class BenchFamily:
+    """What the bench needs to know about a model family beyond its spec."""
+    name: str
+    default_configs: list[str]
+    unit: str                                              # what throughput counts
+    step_batches: Callable[[RunConfig, np.random.Generator], list[np.ndarray]]
+    units_per_step: Callable[[RunConfig], float]
+    flops_per_unit: Callable[[RunConfig], float] | None    # training FLOPs per unit
+    inference: str | None = None     # the Backend method that builds a decoder; None: none
+
+
+def _lm_batches(config: RunConfig, rng) -> list[np.ndarray]:
+    """One optimizer step's micro-batches: (batch, seq+1) random tokens of the vocab."""
+    tc = config.train
+    shape = (tc.batch_size, config.seq_length + 1)
+    return [rng.integers(0, config.model.vocab_size, shape).astype(np.int32)
+            for _ in range(tc.gradient_accumulation_steps)]
+
+
+FAMILIES: dict[str, BenchFamily] = {
+    "lm": BenchFamily(
+        "lm", ["configs/tiny.yaml"], "tokens", _lm_batches,
+        units_per_step=lambda c: c.train.batch_size * c.train.gradient_accumulation_steps * c.seq_length,
+        flops_per_unit=lambda c: lm_train_flops_per_token(c.model, c.seq_length),
+        inference="lm_decoder"),
+    # Audio families plug in here with unit "audio-seconds".
+}
+
+
+# ---------------------------------------------------------------------------- backends
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class Backend:
+    """One framework, driven from the bench's main process through a Worker. Subclasses
+    supply the framework specifics; the timing loops are here, once."""
+    name: str
+
+    def start(self, config: RunConfig, warmup: list[list[np.ndarray]], lr: float) -> str:
+        """Build the trainer and run the untimed warm-up steps; return the device."""
+        self.trainer = self.make_trainer(config)
+        for micro in warmup:     # compilation and allocator growth happen here
+            self.trainer.train_step(micro, lr)
+        self.sync()
+        return self.device()
+
+    def block(self, steps: list[list[np.ndarray]], lr: float) -> tuple[float, int]:
+        """Seconds per optimizer step over `steps`, and the peak memory meanwhile (0: the
+        framework keeps no statistics here: torch on CPU)."""
+        self.sync()
+        self.reset_peak_memory()
+        start = time.perf_counter()
+        for micro in steps:
+            if self.trainer.train_step(micro, lr)["skipped"]:
+                raise RuntimeError("non-finite loss or gradient")
+        self.sync()
+        return (time.perf_counter() - start) / len(steps), self.trainer.memory()[1]
+
+    def finish(self) -> None:
+        self.trainer = None
+
+    def generate(self, decoder: str, spec, seed: int, prompt: np.ndarray, new: int,
+                 repeats: int) -> dict:
+        """Prefill `prompt`, then decode `new` tokens greedily through the KV cache, timing
+        both; the first of repeats + 1 runs is the warm-up."""
+        start_decoder = getattr(self, decoder)(spec, seed)
+        greedy = np.random.default_rng(0)   # sample_next wants one; unused at temperature 0
+        prefill, decode = [], []
+        for rep in range(repeats + 1):
+            next_logits = start_decoder()   # a fresh cache
+            t0 = time.perf_counter()
+            logits = next_logits(prompt)
+            t1 = time.perf_counter()
+            for _ in range(new):
+                logits = next_logits(np.array([[sample_next(logits, 0.0, 1.0, greedy)]], np.int32))
+            t2 = time.perf_counter()
+            if rep:
+                prefill.append(prompt.shape[1] / (t1 - t0))
+                decode.append(new / (t2 - t1))
+        return {"prompt_tokens": prompt.shape[1], "new_tokens": new,
+                "prefill_tokens_per_s": spread(prefill), "decode_tokens_per_s": spread(decode)}
+
+
+class MLXBackend(Backend):
+    name = "mlx"
+
+    def __init__(self):
+        import mlx_models  # noqa: F401  -- loads OpenBLAS before mlx.core (Linux)
+        import mlx.core as mx
+        from mlx_models import models
+        from mlx_models.trainer import Trainer
+        self.mx, self.models, self.Trainer = mx, models, Trainer
+
+    def device(self) -> str:
+        if self.mx.default_device() == self.mx.cpu:
+            return f"cpu: {cpu_name()}"
+        info = getattr(self.mx, "device_info", None) or self.mx.metal.device_info
+        return f"gpu: {info().get('device_name', 'Metal')}"
+
+    def make_trainer(self, config: RunConfig):
+        return self.Trainer(config.model, config.train)
+
+    def sync(self) -> None:
+        self.mx.synchronize()  # train_step already evaluates; kept for symmetry
+
+    def reset_peak_memory(self) -> None:
+        self.mx.reset_peak_memory()
+
+    def set_threads(self, n: int) -> None:
+        """MLX's own CPU ops run on one thread per stream; only its BLAS is threaded."""
+        lib = self._openblas()
+        if lib is not None:
+            lib.openblas_set_num_threads(n)
+
+    def environment(self) -> dict:
+        import ctypes
+        import mlx_models.blas as blas
+        info = {"version": self.mx.__version__, "device": self.device(), "blas": blas.BLAS_IN_USE}
+        lib = self._openblas()
+        if lib is not None:
+            lib.openblas_get_config.restype = ctypes.c_char_p
+            info["blas_config"] = lib.openblas_get_config().decode()
+            info["blas_threads"] = lib.openblas_get_num_threads()
+        return info
+
+    @staticmethod
+    def _openblas():
+        """The OpenBLAS that mlx_models.blas loaded for MLX, or None."""
+        import ctypes
+        import mlx_models.blas as blas
+        if blas.BLAS_IN_USE in ("reference", "accelerate"):
+            return None
+        lib = ctypes.CDLL(blas.BLAS_IN_USE)  # already loaded: the same handle
+        return lib if hasattr(lib, "openblas_get_config") else None
+
+    def lm_decoder(self, spec, seed: int):
+        """Fresh-cache decoders over the spec's initial weights (as mlx_models.generate)."""
+        mx = self.mx
+        model = self.models.build_model(spec, seed)
+        model.eval()
+
+        def start():
+            cache = model.make_cache()
+            return lambda ids: np.array(model(mx.array(ids), cache)[0, -1].astype(mx.float32))
+        return start
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self):
+        import torch
+        from torch_models import models
+        from torch_models.trainer import Trainer, default_device
+        self.torch, self.models, self.Trainer = torch, models, Trainer
+        self.dev = default_device()
+
+    def device(self) -> str:
+        if self.dev.type == "cuda":
+            return f"cuda: {self.torch.cuda.get_device_name(self.dev)}"
+        return f"cpu: {cpu_name()}"
+
+    def make_trainer(self, config: RunConfig):
+        return self.Trainer(config.model, config.train, device=self.dev)
+
+    def sync(self) -> None:
+        if self.dev.type == "cuda":
+            self.torch.cuda.synchronize(self.dev)
+
+    def reset_peak_memory(self) -> None:
+        if self.dev.type == "cuda":
+            self.torch.cuda.reset_peak_memory_stats(self.dev)
+
+    def set_threads(self, n: int) -> None:
+        self.torch.set_num_threads(n)
+
+    def environment(self) -> dict:
+        torch = self.torch
+        return {"version": torch.__version__, "cuda": torch.version.cuda, "device": self.device(),
+                "num_threads": torch.get_num_threads(),
+                "num_interop_threads": torch.get_num_interop_threads(),
+                "mkldnn": torch.backends.mkldnn.is_available(),
+                "mkl": torch.backends.mkl.is_available(),
+                "config": torch.__config__.show(),
+                "parallel_info": torch.__config__.parallel_info()}
+
+    def lm_decoder(self, spec, seed: int):
+        """Fresh-cache decoders over the spec's initial weights (as torch_models.generate)."""
+        torch = self.torch
+        model = self.models.build_model(spec, seed).to(self.dev).eval()
+
+        def start():
+            cache = model.make_cache()
+
+            @torch.inference_mode()
+            def next_logits(ids):
+                logits = model(torch.from_numpy(ids).to(self.dev), cache)[0, -1]
+                return logits.float().cpu().numpy()
+            return next_logits
+        return start
+
+
+BACKENDS = {"mlx": MLXBackend, "torch": TorchBackend}
+
+
+class Worker:
+    """A Backend in a child process; `call` runs one of its methods there."""
+
+    def __init__(self, name: str, threads: int | None):
+        self.name = name
+        ctx = multiprocessing.get_context("spawn")   # a clean process: no framework inherited
+        self.conn, child = ctx.Pipe()
+        # Not a daemon: torch.compile starts compile workers of its own.
+        self.process = ctx.Process(target=_serve, args=(child, name, threads), name=f"bench-{name}")
+        self.process.start()
+
+    def call(self, method: str, *args):
+        self.conn.send((method, args))
+        try:
+            ok, value = self.conn.recv()
+        except EOFError:
+            self.process.join(timeout=5)
+            raise RuntimeError(f"the {self.name} backend's process died during {method} "
+                               f"(exit code {self.process.exitcode})") from None
+        if not ok:
+            raise RuntimeError(f"{self.name} backend failed:\n{value}")
+        return value
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            self.conn.send(("stop", ()))
+        self.process.join(timeout=30)
+
+
+def _serve(conn, name: str, threads: int | None) -> None:
+    try:
+        backend = BACKENDS[name]()
+        if threads is not None:
+            backend.set_threads(threads)
+    except Exception:
+        backend = None
+        failure = traceback.format_exc()
+    while True:
+        try:
+            method, args = conn.recv()
+        except EOFError:        # the main process is gone
+            return
+        if method == "stop":
+            return
+        try:
+            if backend is None:
+                raise RuntimeError(failure)
+            conn.send((True, getattr(backend, method)(*args)))
+        except Exception:
+            conn.send((False, traceback.format_exc()))
+
+
+# ---------------------------------------------------------------------------- measuring
+# Substrings of a device name -> shared/hardware.py profile, for MFU.
+DEVICE_PROFILES = [("H100", "h100_80gb"), ("RTX PRO 6000", "rtx_pro_6000_96gb"),
+                   ("RTX 5090", "rtx_32gb"), ("M4 Max", "m4max_36gb"), ("M2", "m2_8gb")]
+
+
+def hardware_profile(device: str, override: str | None):
+    if override:
+        return get_profile(override)
+    if device.startswith("cpu"):
+        return PROFILES["cpu"]
+    for needle, name in DEVICE_PROFILES:
+        if needle in device:
+            return PROFILES[name]
+    return None
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "values": values}
+
+
+def bench_training(config: RunConfig, family: BenchFamily, workers: dict, args) -> dict:
+    rng = np.random.default_rng(args.seed)
+    steps = [family.step_batches(config, rng) for _ in range(args.warmup + args.steps)]
+    warmup, timed, lr = steps[:args.warmup], steps[args.warmup:], config.train.learning_rate
+    devices = {name: w.call("start", config, warmup, lr) for name, w in workers.items()}
+    blocks = {name: [] for name in workers}
+    for _ in range(args.repeats):          # take turns, block by block
+        for name, w in workers.items():
+            blocks[name].append(w.call("block", timed, lr))
+    for w in workers.values():
+        w.call("finish")
+
+    units = family.units_per_step(config)
+    flops = family.flops_per_unit(config) if family.flops_per_unit else None
+    results = {}
+    for name, measured in blocks.items():
+        step_s = [s for s, _ in measured]
+        profile = hardware_profile(devices[name], args.hardware)
+        low_precision = config.train.precision in ("bf16", "fp16")
+        peak_flops = None if profile is None else (
+            profile.peak_flops_bf16 if low_precision else profile.peak_flops_fp32)
+        per_s = [units / s for s in step_s]
+        achieved = [flops * u for u in per_s] if flops else None
+        # torch on CPU keeps no allocator statistics (Trainer.memory() is (0, 0)): null.
+        peak = [b for _, b in measured if b]
+        results[name] = {
+            "device": devices[name],
+            "hardware_profile": profile.name if profile else None,
+            "step_s": spread(step_s),
+            "steps_per_s": spread([1 / s for s in step_s]),
+            f"{family.unit}_per_s": spread(per_s),
+            "peak_memory_bytes": spread(peak) if peak else None,
+            "achieved_flops": spread(achieved) if achieved else None,
+            "peak_flops": peak_flops,
+            "mfu": spread([a / peak_flops for a in achieved]) if achieved and peak_flops else None,
+        }
+    return results
+
+
+def bench_inference(config: RunConfig, family: BenchFamily, workers: dict, args) -> dict:
+    """Generation: a random prompt of --prompt-tokens, then --gen-tokens decoded greedily."""
+    if family.inference is None or args.gen_tokens <= 0:
+        return {}
+    spec = config.model
+    prompt_len = min(args.prompt_tokens, spec.max_seq_length // 2)
+    new = min(args.gen_tokens, spec.max_seq_length - prompt_len)
+    rng = np.random.default_rng(args.seed)
+    prompt = rng.integers(0, spec.vocab_size, (1, prompt_len)).astype(np.int32)
+    return {name: w.call("generate", family.inference, spec, config.train.seed, prompt, new,
+                         args.repeats)
+            for name, w in workers.items()}
+
+
+def ratios(run: dict) -> dict | None:
+    """MLX over torch step time, median of the per-block ratios (blocks were interleaved)."""
+    t = run["training"]
+    if "mlx" not in t or "torch" not in t:
+        return None
+    pairs = [a / b for a, b in zip(t["mlx"]["step_s"]["values"], t["torch"]["step_s"]["values"])]
+    out = {"mlx_over_torch_step_time": spread(pairs)}
+    g = run.get("generation", {})
+    if "mlx" in g and "torch" in g:
+        out["mlx_over_torch_decode_tokens_per_s"] = (
+            g["mlx"]["decode_tokens_per_s"]["median"] / g["torch"]["decode_tokens_per_s"]["median"])
+    return out
+
+
+def environment(workers: dict) -> dict:
+    env = {
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "platform": platform.platform(), "python": platform.python_version(),
+        "cpu": cpu_name(), "logical_cpus": os.cpu_count(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "numpy": np.__version__,
+        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                               "MKL_NUM_THREADS", "MLX_ENABLE_TF32",
+                                               "WORKBENCH_BLAS")},
+        "memory_note": "peak memory is the framework's own: mx.get_peak_memory() after "
+                       "mx.reset_peak_memory(), torch.cuda.max_memory_allocated() after "
+                       "reset_peak_memory_stats(); torch on CPU keeps no allocator "
+                       "statistics, so it is null there.",
+    }
+    for name, w in workers.items():
+        env[name] = w.call("environment")
+    return env
+
+
+# ---------------------------------------------------------------------------- reports
+def fmt_median(s: dict | None, scale: float = 1.0, digits: int = 0) -> str:
+    """'median ±half-range%': the spread over timed blocks."""
+    if not s:
+        return "n/a"
+    half = (s["max"] - s["min"]) / (2 * s["median"]) if s["median"] else 0.0
+    return f"{s['median'] * scale:,.{digits}f} ±{half:.0%}"
+
+
+def markdown(report: dict) -> str:
+    lines = ["| model | config | backend | device | precision | steps/s | tokens/s (or unit/s) "
+             "| peak memory | GFLOP/s | MFU | generation tokens/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for run in report["runs"]:
+        unit = run["unit"]
+        for name, r in run["training"].items():
+            g = run.get("generation", {}).get(name)
+            mem = fmt_median(r["peak_memory_bytes"], 1e-6) + " MB" if r["peak_memory_bytes"] else "n/a"
+            mfu = fmt_median(r["mfu"], 100, 1) + " %" if r["mfu"] else "n/a"
+            lines.append(
+                f"| {run['model']} | {run['config']} | {name} | {r['device']} | {run['precision']} "
+                f"| {fmt_median(r['steps_per_s'], digits=2)} | {fmt_median(r[f'{unit}_per_s'])} "
+                f"| {mem} | {fmt_median(r['achieved_flops'], 1e-9, 1)} | {mfu} "
+                f"| {fmt_median(g['decode_tokens_per_s']) if g else 'n/a'} |")
+        if run.get("ratios"):
+            rt = run["ratios"]
+            r = rt["mlx_over_torch_step_time"]
+            text = (f"{run['model']} {run['config']}: MLX step time / torch step time = "
+                    f"{r['median']:.2f}x (per-block ratios {r['min']:.2f}-{r['max']:.2f})")
+            if "mlx_over_torch_decode_tokens_per_s" in rt:
+                text += f"; MLX/torch decode tokens/s = {rt['mlx_over_torch_decode_tokens_per_s']:.2f}x"
+            notes.append(text)
+    env, settings = report["environment"], report["settings"]
+    mlx_env, torch_env = env.get("mlx", {}), env.get("torch", {})
+    notes.append(f"{settings['repeats']} blocks of {settings['steps']} steps after "
+                 f"{settings['warmup']} warm-up steps; ± is half the min-max range over blocks.")
+    notes.append(f"MLX BLAS: {mlx_env.get('blas', 'n/a')} ({mlx_env.get('blas_threads', '?')} "
+                 f"threads); torch threads: {torch_env.get('num_threads', 'n/a')}; "
+                 f"load average at start: {', '.join(f'{x:.2f}' for x in env['load_average'] or [])}.")
+    notes.append("MFU n/a: no known peak FLOP/s for the device. Peak memory n/a: torch on CPU "
+                 "keeps no allocator statistics.")
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (train_ax, gen_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    units = " or ".join(sorted({r["unit"] for r in report["runs"]}))
+    for ax, key, metric, title in [
+            (train_ax, "training", None, f"training ({units}/s)"),
+            (gen_ax, "generation", "decode_tokens_per_s", "generation (decode tokens/s)")]:
+        labels = [f"{r['model']}\n{r['config']}" for r in report["runs"]]
+        backends = sorted({b for r in report["runs"] for b in r.get(key, {})})
+        width = 0.8 / max(len(backends), 1)
+        for i, b in enumerate(backends):
+            xs, med, err = [], [], [[], []]
+            for x, r in enumerate(report["runs"]):
+                s = r.get(key, {}).get(b, {}).get(metric or f"{r['unit']}_per_s")
+                if s:
+                    xs.append(x + i * width)
+                    med.append(s["median"])
+                    err[0].append(s["median"] - s["min"])
+                    err[1].append(s["max"] - s["median"])
+            ax.bar(xs, med, width, yerr=err, capsize=3, label=b)
+        ax.set_xticks([x + width * (len(backends) - 1) / 2 for x in range(len(labels))], labels)
+        ax.set_title(title)
+        ax.legend()
+    fig.suptitle(f"MLX vs torch on {report['environment']['cpu']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python bench/run.py", description=__doc__.split("\n\n")[0],
+        epilog="Overrides (section.key=value) apply to every config, e.g. train.batch_size=8.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    csv = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+    p.add_argument("--models", type=csv, default=list(FAMILIES), help="comma-separated (default: all)")
+    p.add_argument("--backends", type=csv, default=list(BACKENDS), help="mlx,torch (default: both)")
+    p.add_argument("--configs", type=csv, help="comma-separated YAML configs "
+                                               "(default: each model's own, e.g. configs/tiny.yaml)")
+    p.add_argument("--steps", type=int, default=10, help="optimizer steps per timed block")
+    p.add_argument("--repeats", type=int, default=5, help="timed blocks per backend")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
+    p.add_argument("--gen-tokens", type=int, default=64, help="tokens to decode (0: no generation)")
+    p.add_argument("--prompt-tokens", type=int, default=32)
+    p.add_argument("--hardware", help="shared/hardware.py profile for MFU (default: detected)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch and for MLX's BLAS "
+                                                "(default: the libraries' own, all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="write the full report here")
+    p.add_argument("--markdown", type=Path, help="write the table here")
+    p.add_argument("--plot", type=Path, help="write a PNG chart here (needs matplotlib)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    args = p.parse_args(argv)
+    for name, known in [("models", FAMILIES), ("backends", BACKENDS)]:
+        bad = [x for x in getattr(args, name) if x not in known]
+        if bad:
+            p.error(f"unknown {name}: {', '.join(bad)}; known: {', '.join(known)}")
+    if min(args.steps, args.repeats, 1 if args.threads is None else args.threads) < 1 or args.warmup < 0:
+        p.error("--steps, --repeats and --threads must be >= 1, --warmup >= 0")
+    if args.hardware and args.hardware not in PROFILES:
+        p.error(f"unknown --hardware {args.hardware!r}; known: {', '.join(PROFILES)}")
+    return args
+
+
+def plan(args) -> list[tuple[str, RunConfig]]:
+    """(config path, config) pairs; each config's family must be one of --models."""
+    paths = args.configs or [str(REPO / c) for m in args.models for c in FAMILIES[m].default_configs]
+    runs = []
+    for path in paths:
+        config = load_config(path, args.overrides)
+        if config.family not in args.models:
+            raise ConfigError(f"{path} is a {config.family!r} config; add it to --models")
+        runs.append((os.path.relpath(path) if os.path.isabs(path) else path, config))
+    return runs
+
+
+def bench(args) -> None:
+    configs = plan(args)   # config errors first, before any framework starts
+    workers = {name: Worker(name, args.threads) for name in args.backends}
+    try:
+        report = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                  "environment": environment(workers), "runs": []}
+        for path, config in configs:
+            family = FAMILIES[config.family]
+            print(f"bench: {config.family} {path} on {', '.join(workers)} ...", file=sys.stderr, flush=True)
+            run = {"model": config.family, "config": path, "precision": config.train.precision,
+                   "compile": config.train.compile, "unit": family.unit,
+                   "units_per_step": family.units_per_step(config),
+                   "flops_per_unit": family.flops_per_unit(config) if family.flops_per_unit else None,
+                   "model_spec": config.to_dict()["model"], "train": config.to_dict()["train"],
+                   "params": get_family(config.family).param_counts(config.model),
+                   "training": bench_training(config, family, workers, args),
+                   "generation": bench_inference(config, family, workers, args)}
+            run["ratios"] = ratios(run)
+            report["runs"].append(run)
+    finally:
+        for w in workers.values():
+            w.close()
+    table = markdown(report)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.plot:
+        plot(report, args.plot)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return run_cli(lambda: bench(args), errors=(ConfigError, SpecError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""bench/run.py end to end on the tiny LM: both backends, a couple of steps, every output.
+No timing assertions: CI machines are shared and slow; this checks the plumbing."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_bench(*args, cwd=REPO):
+    return subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_bench_writes_table_json_and_plot_for_both_backends(tmp_path):
+    pytest.importorskip("matplotlib")   # a dev extra
+    out = run_bench("--configs", "configs/tiny.yaml", "--steps", "2", "--repeats", "2",
+                    "--warmup", "1", "--gen-tokens", "4", "--prompt-tokens", "8",
+                    "--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "bench.md"),
+                    "--plot", str(tmp_path / "bench.png"), "train.batch_size=4")
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+    env = report["environment"]
+    assert env["mlx"]["blas"] and env["mlx"]["version"]
+    assert env["torch"]["config"] and "num_threads" in env["torch"]
+    [run] = report["runs"]
+    assert run["model"] == "lm" and run["unit"] == "tokens" and run["train"]["batch_size"] == 4
+    for backend in ("mlx", "torch"):
+        t = run["training"][backend]
+        assert len(t["step_s"]["values"]) == 2
+        assert t["tokens_per_s"]["median"] > 0 and t["steps_per_s"]["median"] > 0
+        assert t["achieved_flops"]["median"] > 0
+        assert t["mfu"] is None                   # no known peak FLOP/s for a CPU
+        g = run["generation"][backend]
+        assert g["new_tokens"] == 4 and g["decode_tokens_per_s"]["median"] > 0
+    assert run["training"]["mlx"]["peak_memory_bytes"]["median"] > 0
+    assert run["training"]["torch"]["peak_memory_bytes"] is None   # torch on CPU: no stats
+    assert run["ratios"]["mlx_over_torch_step_time"]["median"] > 0
+    table = (tmp_path / "bench.md").read_text()
+    assert table in out.stdout                    # printed always, written when asked
+    assert "| mlx |" in table and "| torch |" in table and "MLX step time / torch" in table
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "bench.md", "bench.png"]
+
+
+def test_bench_rejects_unknown_names_and_bad_configs(tmp_path):
+    out = run_bench("--backends", "jax")
+    assert out.returncode == 2 and "unknown backends: jax" in out.stderr
+    out = run_bench("--configs", "configs/tiny.yaml", "train.learning_rat=1")
+    assert out.returncode == 2 and "did you mean 'learning_rate'" in out.stderr
