@@ -3,9 +3,11 @@ import os
 # Parity needs true fp32 matmuls on both sides (DESIGN.md, parity conventions).
 os.environ.setdefault("MLX_ENABLE_TF32", "0")
 
+# torch first: OpenBLAS loaded with RTLD_GLOBAL (mlx_models/blas.py) would otherwise also
+# catch torch's BLAS calls in this process, 3-4x slower than torch's MKL.
+import torch  # noqa: E402
 import mlx_models  # noqa: E402,F401  -- loads OpenBLAS before any test imports mlx.core
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
