@@ -8,9 +8,8 @@ from the command line are parsed as YAML scalars and applied before validation.
 from __future__ import annotations
 
 import difflib
-import types
 import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml

@@ -94,7 +94,7 @@ def llama_tokenizer_files(path: Path, max_length: int) -> tuple[dict[str, bytes]
         return (token_id, proto.pieces[token_id].piece) if valid else (None, None)
 
     (bos_id, bos), (eos_id, eos) = special(trainer.bos_id), special(trainer.eos_id)
-    (unk_id, unk), (pad_id, pad) = special(trainer.unk_id), special(trainer.pad_id)
+    (_, unk), (pad_id, pad) = special(trainer.unk_id), special(trainer.pad_id)
     tokenizer_config = {
         "tokenizer_class": "LlamaTokenizer",
         "bos_token": bos, "eos_token": eos, "unk_token": unk, "pad_token": pad,

@@ -19,10 +19,9 @@ Everything is in bytes. Families plug in through PLANNERS.
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from shared.hardware import HardwareProfile, get_profile
+from shared.hardware import HardwareProfile
 from shared.specs.lm import LMSpec, lm_param_counts
 
 GB = 1e9

@@ -1,5 +1,4 @@
 """Checkpoints move between backends bit for bit, in fp32 and bf16."""
-import dataclasses
 
 import ml_dtypes
 import mlx.core as mx
