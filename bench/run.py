@@ -192,14 +192,10 @@ class MLXBackend(Backend):
 
     def lm_decoder(self, spec, seed: int):
         """Fresh-cache decoders over the spec's initial weights (as mlx_models.generate)."""
-        mx = self.mx
+        from mlx_models.generate import decoder
         model = self.models.build_model(spec, seed)
         model.eval()
-
-        def start():
-            cache = model.make_cache()
-            return lambda ids: np.array(model(mx.array(ids), cache)[0, -1].astype(mx.float32))
-        return start
+        return lambda: decoder(model)
 
 
 class TorchBackend(Backend):
@@ -243,18 +239,9 @@ class TorchBackend(Backend):
 
     def lm_decoder(self, spec, seed: int):
         """Fresh-cache decoders over the spec's initial weights (as torch_models.generate)."""
-        torch = self.torch
+        from torch_models.generate import decoder
         model = self.models.build_model(spec, seed).to(self.dev).eval()
-
-        def start():
-            cache = model.make_cache()
-
-            @torch.inference_mode()
-            def next_logits(ids):
-                logits = model(torch.from_numpy(ids).to(self.dev), cache)[0, -1]
-                return logits.float().cpu().numpy()
-            return next_logits
-        return start
+        return lambda: decoder(model, self.dev)
 
 
 BACKENDS = {"mlx": MLXBackend, "torch": TorchBackend}

@@ -9,18 +9,24 @@ from shared.checkpoint import CheckpointError
 from shared.generate_cli import main
 
 
-def load(checkpoint):
-    model, config = load_model(checkpoint)
-    if config["family"] != "lm":
-        raise CheckpointError(f"{checkpoint} holds a {config['family']!r} model, not an LM")
-    model.eval()
+def decoder(model):
+    """next_logits(ids): feed new token ids through a fresh KV cache of `model` (in eval
+    mode) and return the last position's logits as float32 numpy."""
     cache = model.make_cache()
 
     def next_logits(ids: np.ndarray) -> np.ndarray:
         logits = model(mx.array(ids), cache)[0, -1]
         return np.array(logits.astype(mx.float32))
 
-    return next_logits, model.spec
+    return next_logits
+
+
+def load(checkpoint):
+    model, config = load_model(checkpoint)
+    if config["family"] != "lm":
+        raise CheckpointError(f"{checkpoint} holds a {config['family']!r} model, not an LM")
+    model.eval()
+    return decoder(model), model.spec
 
 
 if __name__ == "__main__":

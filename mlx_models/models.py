@@ -11,9 +11,10 @@ MODEL_CLASSES = {"lm": lm.LanguageModel, "tflocoformer": tflocoformer.TFLocoform
 LOSSES = {"lm": lm.loss, "tflocoformer": tflocoformer.loss}
 
 
-def build_model(spec, seed: int = 0):
-    """A model with the spec's own initial weights (identical on both backends)."""
-    return model_io.build_model(spec, MODEL_CLASSES, set_weights, seed)
+def build_model(spec, seed: int = 0, weights=None):
+    """A model with `weights`, or else the spec's own initial weights (identical on both
+    backends)."""
+    return model_io.build_model(spec, MODEL_CLASSES, set_weights, seed, weights)
 
 
 def save_model(model, directory: str | Path, extra_config: dict | None = None) -> Path:

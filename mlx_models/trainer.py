@@ -11,7 +11,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from mlx_models.models import LOSSES, MODEL_CLASSES
+from mlx_models.models import LOSSES, build_model
 from mlx_models.weights import get_weights, set_weights, to_numpy
 from shared.layout import from_backend, to_backend
 from shared.specs import family_of, get_family
@@ -39,10 +39,7 @@ class Trainer:
     def __init__(self, spec, train, weights: dict[str, np.ndarray] | None = None):
         family = get_family(family_of(spec))
         self.spec, self.train_cfg, self.manifest = spec, train, family.manifest(spec)
-        self.model = MODEL_CLASSES[family.name](spec)
-        set_weights(self.model, self.manifest,
-                    weights if weights is not None else family.init_weights(spec, train.seed),
-                    source="initial weights")
+        self.model = build_model(spec, train.seed, weights)
         self.model.checkpoint_activations = train.gradient_checkpointing
         self.model.train()
         self._loss_fn = LOSSES[family.name]

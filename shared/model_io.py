@@ -12,11 +12,16 @@ from shared.checkpoint import checkpoint_config, open_checkpoint, save_checkpoin
 from shared.specs import family_of, get_family
 
 
-def build_model(spec, classes: dict, set_weights, seed: int = 0):
-    """A model with the spec's own initial weights (identical on both backends)."""
+def build_model(spec, classes: dict, set_weights, seed: int = 0, weights=None):
+    """A model with `weights` (canonical numpy), or else the spec's own initial weights
+    for `seed` (identical on both backends)."""
     family = get_family(family_of(spec))
     model = classes[family.name](spec)
-    set_weights(model, family.manifest(spec), family.init_weights(spec, seed), source="init")
+    if weights is None:
+        weights, source = family.init_weights(spec, seed), "init"
+    else:
+        source = "initial weights"
+    set_weights(model, family.manifest(spec), weights, source=source)
     return model
 
 

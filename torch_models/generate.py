@@ -10,12 +10,9 @@ from torch_models.models import load_model
 from torch_models.trainer import default_device
 
 
-def load(checkpoint):
-    model, config = load_model(checkpoint)
-    if config["family"] != "lm":
-        raise CheckpointError(f"{checkpoint} holds a {config['family']!r} model, not an LM")
-    device = default_device()
-    model = model.to(device).eval()
+def decoder(model, device):
+    """next_logits(ids): feed new token ids through a fresh KV cache of `model` (in eval
+    mode, on `device`) and return the last position's logits as float32 numpy."""
     cache = model.make_cache()
 
     @torch.no_grad()
@@ -23,7 +20,16 @@ def load(checkpoint):
         logits = model(torch.from_numpy(ids).to(device), cache)[0, -1]
         return logits.float().cpu().numpy()
 
-    return next_logits, model.spec
+    return next_logits
+
+
+def load(checkpoint):
+    model, config = load_model(checkpoint)
+    if config["family"] != "lm":
+        raise CheckpointError(f"{checkpoint} holds a {config['family']!r} model, not an LM")
+    device = default_device()
+    model = model.to(device).eval()
+    return decoder(model, device), model.spec
 
 
 if __name__ == "__main__":

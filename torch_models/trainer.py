@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from shared.specs import family_of, get_family
-from torch_models.models import LOSSES, MODEL_CLASSES
+from torch_models.models import LOSSES, build_model
 from torch_models.weights import from_numpy, get_weights, set_weights, to_numpy
 
 
@@ -35,10 +35,7 @@ class Trainer:
         self.spec, self.train_cfg, self.manifest = spec, train, family.manifest(spec)
         self.device = torch.device(device) if device is not None else default_device()
         torch.manual_seed(train.seed)
-        self.model = MODEL_CLASSES[family.name](spec).to(self.device)
-        set_weights(self.model, self.manifest,
-                    weights if weights is not None else family.init_weights(spec, train.seed),
-                    source="initial weights")
+        self.model = build_model(spec, train.seed, weights).to(self.device)
         self.model.checkpoint_activations = train.gradient_checkpointing
         self.model.train()
         self._loss_fn = LOSSES[family.name]
