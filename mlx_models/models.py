@@ -9,6 +9,9 @@ from shared import model_io
 
 MODEL_CLASSES = {"lm": lm.LanguageModel, "tflocoformer": tflocoformer.TFLocoformer}
 LOSSES = {"lm": lm.loss, "tflocoformer": tflocoformer.loss}
+# Families whose loss is a weighted sum report each term: name -> loss_terms(model, batch)
+# returning {"loss": total, term: value, ...}.
+LOSS_TERMS = {}
 
 
 def build_model(spec, seed: int = 0, weights=None):

@@ -11,7 +11,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from mlx_models.models import LOSSES, build_model
+from mlx_models.models import LOSS_TERMS, LOSSES, build_model
 from mlx_models.weights import get_weights, set_weights, to_numpy
 from shared.layout import from_backend, to_backend
 from shared.specs import family_of, get_family
@@ -42,7 +42,7 @@ class Trainer:
         self.model = build_model(spec, train.seed, weights)
         self.model.checkpoint_activations = train.gradient_checkpointing
         self.model.train()
-        self._loss_fn = LOSSES[family.name]
+        self._family, self._loss_fn = family.name, LOSSES[family.name]
         self.optimizer = make_optimizer(train)
         mx.random.seed(train.seed)
         if train.precision == "fp16":
@@ -114,6 +114,25 @@ class Trainer:
         loss = self._loss_fn(self.model, to_mx(batch)).item()
         self.model.train(was_training)
         return loss
+
+    def eval_terms(self, batch) -> dict[str, float]:
+        """Every term of the loss on `batch` (eval mode); {"loss": ...} for single-term losses."""
+        terms_fn = LOSS_TERMS.get(self._family)
+        if terms_fn is None:
+            return {"loss": self.eval_loss(batch)}
+        was_training = self.model.training
+        self.model.eval()
+        terms = {name: value.item() for name, value in terms_fn(self.model, to_mx(batch)).items()}
+        self.model.train(was_training)
+        return terms
+
+    def decode(self, batch, **options) -> dict[str, np.ndarray]:
+        """The model's own inference (e.g. greedy decoding), eval mode, outputs as numpy."""
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model.decode(to_mx(batch), **options)
+        self.model.train(was_training)
+        return {k: np.array(v) for k, v in out.items()}
 
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         """The model's output for `inputs`, in eval mode, as float32 numpy."""

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from shared.specs import family_of, get_family
-from torch_models.models import LOSSES, build_model
+from torch_models.models import LOSS_TERMS, LOSSES, build_model
 from torch_models.weights import from_numpy, get_weights, set_weights, to_numpy
 
 
@@ -38,7 +38,7 @@ class Trainer:
         self.model = build_model(spec, train.seed, weights).to(self.device)
         self.model.checkpoint_activations = train.gradient_checkpointing
         self.model.train()
-        self._loss_fn = LOSSES[family.name]
+        self._family, self._loss_fn = family.name, LOSSES[family.name]
         self.optimizer = make_optimizer(self.model, train)
         if train.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 or fp32")
@@ -107,6 +107,27 @@ class Trainer:
         loss = self._loss_fn(self.model, self._batch(batch)).item()
         self.model.train(was_training)
         return loss
+
+    @torch.no_grad()
+    def eval_terms(self, batch) -> dict[str, float]:
+        """Every term of the loss on `batch` (eval mode); {"loss": ...} for single-term losses."""
+        terms_fn = LOSS_TERMS.get(self._family)
+        if terms_fn is None:
+            return {"loss": self.eval_loss(batch)}
+        was_training = self.model.training
+        self.model.eval()
+        terms = {name: value.item() for name, value in terms_fn(self.model, self._batch(batch)).items()}
+        self.model.train(was_training)
+        return terms
+
+    @torch.no_grad()
+    def decode(self, batch, **options) -> dict[str, np.ndarray]:
+        """The model's own inference (e.g. greedy decoding), eval mode, outputs as numpy."""
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model.decode(self._batch(batch), **options)
+        self.model.train(was_training)
+        return {k: v.cpu().numpy() for k, v in out.items()}
 
     @torch.no_grad()
     def predict(self, inputs: np.ndarray) -> np.ndarray:
