@@ -377,37 +377,63 @@ def suggestions(config, backend: str, attention: str | None = None) -> list[Sugg
 
 def throughput_proxy(config) -> float:
     """Relative training speed of a config: devices run near full speed once a micro-batch
-    holds ~8K tokens (LM) or ~3 s of audio, and activation checkpointing recomputes the
-    forward (~25 % slower)."""
+    holds ~8K tokens (LM) or ~3 s of audio, activation checkpointing recomputes the
+    forward (~25 % slower) and chunked attention loops over query blocks (~10 %)."""
+    slowdown = 0.75 if config.train.gradient_checkpointing else 1.0
     if config.family != "lm":
         seconds = config.train.batch_size * config.data.segment_seconds
-        return min(1.0, seconds / 3.0) * (0.75 if config.train.gradient_checkpointing else 1.0)
+        if getattr(config.model, "attention_chunk", 0):
+            slowdown *= 0.9
+        return min(1.0, seconds / 3.0) * slowdown
     tokens = config.train.batch_size * config.seq_length
-    return min(1.0, tokens / 8192) * (0.75 if config.train.gradient_checkpointing else 1.0)
+    return min(1.0, tokens / 8192) * slowdown
+
+
+def _escalations(config) -> list[dict]:
+    """Changes beyond batch, checkpointing and precision, mildest first. Chunked attention
+    computes the same function (only memory and speed change); a shorter training
+    segment keeps the model but shows it less context per example, so it comes last."""
+    if config.family == "lm":
+        return [{}]
+    steps: list[dict] = [{}]
+    chunks = []
+    if hasattr(config.model, "attention_chunk"):
+        current = config.model.attention_chunk or 1 << 30
+        chunks = [c for c in (256, 128, 64) if c < current]
+        steps += [{"model.attention_chunk": c} for c in chunks]
+    seconds = config.data.segment_seconds
+    for factor in (3 / 4, 1 / 2, 1 / 3):
+        shorter = {"data.segment_seconds": round(seconds * factor, 3)}
+        steps += [shorter] + [shorter | {"model.attention_chunk": c} for c in chunks]
+    return steps
 
 
 def fit(config, backend: str, profile: HardwareProfile, attention: str | None = None):
     """The config that fits with the best throughput proxy, keeping the effective batch
     (micro-batch x accumulation): larger micro-batches first, checkpointing only when it
-    pays, bf16 only if fp32 cannot fit. Returns (config, plan), or (None, plan of the
-    smallest possible setting) when nothing fits."""
+    pays, bf16 only if fp32 cannot fit; then, for separation models, chunked attention
+    and finally shorter segments (see _escalations). Returns (config, plan), or (None,
+    plan of the smallest possible setting) when nothing fits."""
     budget = budget_bytes(profile)
     tc = config.train
     effective = tc.batch_size * tc.gradient_accumulation_steps
     precisions = [tc.precision] + (["bf16"] if tc.precision == "fp32" else [])
-    for precision in precisions:
-        fitting = []
-        for checkpointing in ([False, True] if not tc.gradient_checkpointing else [True]):
-            for micro in (d for d in range(1, effective + 1) if effective % d == 0):
-                candidate = with_overrides(config, {
-                    "train.batch_size": micro, "train.gradient_accumulation_steps": effective // micro,
-                    "train.gradient_checkpointing": checkpointing, "train.precision": precision})
-                p = plan(candidate, backend, attention)
-                if p.peak_bytes <= budget:
-                    fitting.append((throughput_proxy(candidate), micro, not checkpointing, candidate, p))
-        if fitting:
-            best = max(fitting, key=lambda f: f[:3])
-            return best[3], best[4]
-    smallest = with_overrides(config, {"train.batch_size": 1, "train.gradient_accumulation_steps": effective,
-                                       "train.gradient_checkpointing": True, "train.precision": precisions[-1]})
+    escalations = _escalations(config)
+    for extra in escalations:
+        for precision in precisions:
+            fitting = []
+            for checkpointing in ([False, True] if not tc.gradient_checkpointing else [True]):
+                for micro in (d for d in range(1, effective + 1) if effective % d == 0):
+                    candidate = with_overrides(config, extra | {
+                        "train.batch_size": micro, "train.gradient_accumulation_steps": effective // micro,
+                        "train.gradient_checkpointing": checkpointing, "train.precision": precision})
+                    p = plan(candidate, backend, attention)
+                    if p.peak_bytes <= budget:
+                        fitting.append((throughput_proxy(candidate), micro, not checkpointing, candidate, p))
+            if fitting:
+                best = max(fitting, key=lambda f: f[:3])
+                return best[3], best[4]
+    smallest = with_overrides(config, escalations[-1] | {
+        "train.batch_size": 1, "train.gradient_accumulation_steps": effective,
+        "train.gradient_checkpointing": True, "train.precision": precisions[-1]})
     return None, plan(smallest, backend, attention)

@@ -96,7 +96,8 @@ def main(argv=None) -> int:
             fitted, fitted_plan = fit(config, backend, profile, args.attention)
             if fitted is None:
                 raise ConfigError(
-                    f"cannot fit on {profile.name} even at batch 1 with checkpointing and bf16: "
+                    f"cannot fit on {profile.name} even at batch 1 with checkpointing and bf16"
+                    f"{' (and chunked attention, shorter segments)' if config.family != 'lm' else ''}: "
                     f"that needs {fitted_plan.peak_bytes / GB:.2f} GB (weights+gradients+optimizer "
                     f"alone {r['static_gb']:.2f} GB) of {budget_bytes(profile) / GB:.2f} GB; "
                     f"use a smaller model or a larger device")
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
             out.write_text(f"# {args.config} fitted to {profile.name} by python -m shared.plan --fit; "
                            f"predicted peak {fitted_plan.peak_bytes / GB:.2f} GB\n"
                            + yaml.safe_dump(after, sort_keys=False))
-            diff = {f"{s}.{k}": (before[s][k], after[s][k]) for s in ("model", "train")
+            diff = {f"{s}.{k}": (before[s][k], after[s][k]) for s in ("model", "data", "train")
                     for k in after[s] if before[s][k] != after[s][k]}
             r["fit"] = {"out": str(out), "peak_gb": fitted_plan.peak_bytes / GB,
                         "changes": {k: list(v) for k, v in diff.items()}}

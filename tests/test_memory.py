@@ -138,3 +138,27 @@ def test_mlx_batch_finder_probes_real_steps():
     config = with_overrides(load_config(ROOT / "configs/tiny.yaml"),
                             {"model.num_layers": 2, "train.batch_size": best, "train.gradient_accumulation_steps": 1})
     assert measure_peak(config) <= 0.06 * GB * 1.02
+
+
+def test_fit_escalates_to_chunked_attention_then_shorter_segments():
+    """The seed's ultra-safe TF-Locoformer config cannot fit a 36 GB Mac by batch,
+    checkpointing and precision alone (MLX keeps every attention score); --fit must reach
+    for chunked attention, and shorter segments only after that, and say so."""
+    config = load_config("configs/musdb18_ultra_safe.yaml")
+    profile = get_profile("m4max_36gb")
+    budget = budget_bytes(profile)
+    assert plan(config, "mlx").peak_bytes > budget
+    fitted, fitted_plan = fit(config, "mlx", profile)
+    assert fitted is not None and fitted_plan.peak_bytes <= budget
+    assert fitted.model.attention_chunk > 0
+    assert fitted.train.batch_size * fitted.train.gradient_accumulation_steps == 4
+    # No milder setting fits: at the original segment, every chunk size and batch fails.
+    for chunk in (256, 128, 64):
+        chunked = with_overrides(config, {"model.attention_chunk": chunk, "train.batch_size": 1,
+                                          "train.gradient_accumulation_steps": 4,
+                                          "train.gradient_checkpointing": True, "train.precision": "bf16"})
+        if plan(chunked, "mlx").peak_bytes <= budget:
+            assert fitted.data.segment_seconds == config.data.segment_seconds
+            break
+    else:
+        assert fitted.data.segment_seconds < config.data.segment_seconds
