@@ -1,12 +1,13 @@
-"""The two backends side by side: training and generation speed, memory, FLOP/s and MFU.
+"""The two backends side by side: training and inference speed, memory, FLOP/s and MFU.
 
-    python bench/run.py                                    # tiny LM, MLX and torch: a table
+    python bench/run.py                                    # every family's demo config, both backends
+    python bench/run.py --models lm                        # the tiny LM only
     python bench/run.py --steps 20 --json b.json --markdown b.md --plot b.png
     python bench/run.py --backends torch --configs configs/cuda_lm.yaml --steps 5   # MFU on CUDA
 
 For every model x backend x config: build the model from the spec's own initial weights,
 train it through the backend's Trainer (the same train_step the training CLIs run) on the
-same numpy batches of random tokens (no data files needed), warm up (compilation is not
+same numpy batches of random data (no data files needed), warm up (compilation is not
 timed), then time --repeats blocks of --steps full optimizer steps. The backends take
 turns block by block, so a change in machine load hits both and the MLX/torch ratio of
 each block is a fair pair; the table reports medians and the spread over blocks.
@@ -56,7 +57,7 @@ class BenchFamily:
     step_batches: Callable[[RunConfig, np.random.Generator], list[np.ndarray]]
     units_per_step: Callable[[RunConfig], float]
     flops_per_unit: Callable[[RunConfig], float] | None    # training FLOPs per unit
-    inference: str | None = None     # the Backend method that builds a decoder; None: none
+    inference: str | None = None     # a key of INFERENCE: how the trained model is used
 
 
 def _lm_batches(config: RunConfig, rng) -> list[np.ndarray]:
@@ -67,13 +68,32 @@ def _lm_batches(config: RunConfig, rng) -> list[np.ndarray]:
             for _ in range(tc.gradient_accumulation_steps)]
 
 
+def _separation_batches(config: RunConfig, rng) -> list[dict[str, np.ndarray]]:
+    """One optimizer step's micro-batches of random stems and their mixture."""
+    tc, spec = config.train, config.model
+    shape = (tc.batch_size, spec.n_sources, spec.audio_channels, config.data.segment_samples)
+    batches = []
+    for _ in range(tc.gradient_accumulation_steps):
+        sources = (0.1 * rng.standard_normal(shape)).astype(np.float32)
+        batches.append({"mixture": sources.sum(axis=1), "sources": sources})
+    return batches
+
+
+def _audio_seconds_per_step(config: RunConfig) -> float:
+    tc = config.train
+    return tc.batch_size * tc.gradient_accumulation_steps * config.data.segment_seconds
+
+
 FAMILIES: dict[str, BenchFamily] = {
     "lm": BenchFamily(
         "lm", ["configs/tiny.yaml"], "tokens", _lm_batches,
         units_per_step=lambda c: c.train.batch_size * c.train.gradient_accumulation_steps * c.seq_length,
         flops_per_unit=lambda c: lm_train_flops_per_token(c.model, c.seq_length),
-        inference="lm_decoder"),
-    # Audio families plug in here with unit "audio-seconds".
+        inference="generation"),
+    # Separators count audio seconds; their FLOPs are not modelled (no MFU).
+    "tflocoformer": BenchFamily(
+        "tflocoformer", ["configs/musdb18_demo.yaml"], "audio_s", _separation_batches,
+        units_per_step=_audio_seconds_per_step, flops_per_unit=None, inference="separation"),
 }
 
 
@@ -135,7 +155,25 @@ class Backend:
                 prefill.append(prompt.shape[1] / (t1 - t0))
                 decode.append(new / (t2 - t1))
         return {"prompt_tokens": prompt.shape[1], "new_tokens": new,
-                "prefill_tokens_per_s": spread(prefill), "decode_tokens_per_s": spread(decode)}
+                "prefill_tokens_per_s": spread(prefill), "decode_tokens_per_s": spread(decode),
+                "metric": "decode tokens/s", "value": spread(decode)}
+
+    def separation(self, spec, seed: int, mixture: np.ndarray, chunk: int, sample_rate: int,
+                   repeats: int) -> dict:
+        """Separate `mixture` (C, T) chunk by chunk with overlap-add, as the separate CLI
+        does; seconds of audio per second. The first of repeats + 1 runs is the warm-up."""
+        from shared.separation import separate
+        run_chunks = self.chunk_runner(self.models.build_model(spec, seed))
+        speed = []
+        for rep in range(repeats + 1):
+            self.sync()
+            t0 = time.perf_counter()
+            separate(mixture, run_chunks, chunk)
+            self.sync()
+            if rep:
+                speed.append(mixture.shape[1] / sample_rate / (time.perf_counter() - t0))
+        return {"audio_seconds": mixture.shape[1] / sample_rate, "chunk_seconds": chunk / sample_rate,
+                "metric": "x real time", "value": spread(speed)}
 
 
 class MLXBackend(Backend):
@@ -197,6 +235,10 @@ class MLXBackend(Backend):
         model.eval()
         return lambda: decoder(model)
 
+    def chunk_runner(self, model):
+        from mlx_models.separate import chunk_runner
+        return chunk_runner(model)
+
 
 class TorchBackend(Backend):
     name = "torch"
@@ -242,6 +284,10 @@ class TorchBackend(Backend):
         from torch_models.generate import decoder
         model = self.models.build_model(spec, seed).to(self.dev).eval()
         return lambda: decoder(model, self.dev)
+
+    def chunk_runner(self, model):
+        from torch_models.separate import chunk_runner
+        return chunk_runner(model, self.dev)
 
 
 BACKENDS = {"mlx": MLXBackend, "torch": TorchBackend}
@@ -361,17 +407,39 @@ def bench_training(config: RunConfig, family: BenchFamily, workers: dict, args) 
 
 
 def bench_inference(config: RunConfig, family: BenchFamily, workers: dict, args) -> dict:
-    """Generation: a random prompt of --prompt-tokens, then --gen-tokens decoded greedily."""
-    if family.inference is None or args.gen_tokens <= 0:
+    """How fast the family's model is used: {backend: {"metric", "value", ...}}."""
+    if family.inference is None:
+        return {}
+    return INFERENCE[family.inference](config, workers, args)
+
+
+def bench_generation(config: RunConfig, workers: dict, args) -> dict:
+    """A random prompt of --prompt-tokens, then --gen-tokens decoded greedily."""
+    if args.gen_tokens <= 0:
         return {}
     spec = config.model
     prompt_len = min(args.prompt_tokens, spec.max_seq_length // 2)
     new = min(args.gen_tokens, spec.max_seq_length - prompt_len)
     rng = np.random.default_rng(args.seed)
     prompt = rng.integers(0, spec.vocab_size, (1, prompt_len)).astype(np.int32)
-    return {name: w.call("generate", family.inference, spec, config.train.seed, prompt, new,
+    return {name: w.call("generate", "lm_decoder", spec, config.train.seed, prompt, new,
                          args.repeats)
             for name, w in workers.items()}
+
+
+def bench_separation(config: RunConfig, workers: dict, args) -> dict:
+    """--audio-seconds of random stereo noise, separated in training-segment chunks."""
+    if args.audio_seconds <= 0:
+        return {}
+    rate = config.data.sample_rate
+    rng = np.random.default_rng(args.seed)
+    mixture = (0.1 * rng.standard_normal((config.model.audio_channels, int(args.audio_seconds * rate))))
+    return {name: w.call("separation", config.model, config.train.seed, mixture.astype(np.float32),
+                         config.data.segment_samples, rate, args.repeats)
+            for name, w in workers.items()}
+
+
+INFERENCE = {"generation": bench_generation, "separation": bench_separation}
 
 
 def ratios(run: dict) -> dict | None:
@@ -381,10 +449,9 @@ def ratios(run: dict) -> dict | None:
         return None
     pairs = [a / b for a, b in zip(t["mlx"]["step_s"]["values"], t["torch"]["step_s"]["values"])]
     out = {"mlx_over_torch_step_time": spread(pairs)}
-    g = run.get("generation", {})
+    g = run.get("inference", {})
     if "mlx" in g and "torch" in g:
-        out["mlx_over_torch_decode_tokens_per_s"] = (
-            g["mlx"]["decode_tokens_per_s"]["median"] / g["torch"]["decode_tokens_per_s"]["median"])
+        out["mlx_over_torch_inference"] = g["mlx"]["value"]["median"] / g["torch"]["value"]["median"]
     return out
 
 
@@ -418,28 +485,29 @@ def fmt_median(s: dict | None, scale: float = 1.0, digits: int = 0) -> str:
 
 
 def markdown(report: dict) -> str:
-    lines = ["| model | config | backend | device | precision | steps/s | tokens/s (or unit/s) "
-             "| peak memory | GFLOP/s | MFU | generation tokens/s |",
+    lines = ["| model | config | backend | device | precision | steps/s | throughput "
+             "| peak memory | GFLOP/s | MFU | inference |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for run in report["runs"]:
         unit = run["unit"]
         for name, r in run["training"].items():
-            g = run.get("generation", {}).get(name)
+            g = run.get("inference", {}).get(name)
             mem = fmt_median(r["peak_memory_bytes"], 1e-6) + " MB" if r["peak_memory_bytes"] else "n/a"
             mfu = fmt_median(r["mfu"], 100, 1) + " %" if r["mfu"] else "n/a"
             lines.append(
                 f"| {run['model']} | {run['config']} | {name} | {r['device']} | {run['precision']} "
-                f"| {fmt_median(r['steps_per_s'], digits=2)} | {fmt_median(r[f'{unit}_per_s'])} "
+                f"| {fmt_median(r['steps_per_s'], digits=2)} | {fmt_median(r[f'{unit}_per_s'], digits=0 if unit == 'tokens' else 2)} {unit}/s "
                 f"| {mem} | {fmt_median(r['achieved_flops'], 1e-9, 1)} | {mfu} "
-                f"| {fmt_median(g['decode_tokens_per_s']) if g else 'n/a'} |")
+                f"| {fmt_median(g['value'], digits=1) + ' ' + g['metric'] if g else 'n/a'} |")
         if run.get("ratios"):
             rt = run["ratios"]
             r = rt["mlx_over_torch_step_time"]
             text = (f"{run['model']} {run['config']}: MLX step time / torch step time = "
                     f"{r['median']:.2f}x (per-block ratios {r['min']:.2f}-{r['max']:.2f})")
-            if "mlx_over_torch_decode_tokens_per_s" in rt:
-                text += f"; MLX/torch decode tokens/s = {rt['mlx_over_torch_decode_tokens_per_s']:.2f}x"
+            if "mlx_over_torch_inference" in rt:
+                metric = run["inference"]["mlx"]["metric"]
+                text += f"; MLX/torch {metric} = {rt['mlx_over_torch_inference']:.2f}x"
             notes.append(text)
     env, settings = report["environment"], report["settings"]
     mlx_env, torch_env = env.get("mlx", {}), env.get("torch", {})
@@ -462,7 +530,7 @@ def plot(report: dict, path: Path) -> None:
     units = " or ".join(sorted({r["unit"] for r in report["runs"]}))
     for ax, key, metric, title in [
             (train_ax, "training", None, f"training ({units}/s)"),
-            (gen_ax, "generation", "decode_tokens_per_s", "generation (decode tokens/s)")]:
+            (gen_ax, "inference", "value", "inference (LM: decode tokens/s; separation: x real time)")]:
         labels = [f"{r['model']}\n{r['config']}" for r in report["runs"]]
         backends = sorted({b for r in report["runs"] for b in r.get(key, {})})
         width = 0.8 / max(len(backends), 1)
@@ -501,6 +569,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
     p.add_argument("--gen-tokens", type=int, default=64, help="tokens to decode (0: no generation)")
     p.add_argument("--prompt-tokens", type=int, default=32)
+    p.add_argument("--audio-seconds", type=float, default=10.0,
+                   help="audio to separate for the separation speed (0: skip)")
     p.add_argument("--hardware", help="shared/hardware.py profile for MFU (default: detected)")
     p.add_argument("--threads", type=int, help="CPU threads for torch and for MLX's BLAS "
                                                 "(default: the libraries' own, all cores)")
@@ -549,7 +619,7 @@ def bench(args) -> None:
                    "model_spec": config.to_dict()["model"], "train": config.to_dict()["train"],
                    "params": get_family(config.family).param_counts(config.model),
                    "training": bench_training(config, family, workers, args),
-                   "generation": bench_inference(config, family, workers, args)}
+                   "inference": bench_inference(config, family, workers, args)}
             run["ratios"] = ratios(run)
             report["runs"].append(run)
     finally:

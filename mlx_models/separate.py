@@ -15,13 +15,18 @@ def load(checkpoint):
     model, config = load_model(checkpoint)
     if config["family"] not in SEPARATORS:
         raise CheckpointError(f"{checkpoint} holds a {config['family']!r} model, not a separator")
+    return chunk_runner(model), config
+
+
+def chunk_runner(model):
+    """run_chunks((N, C, T) float32 numpy) -> (N, S, C, T), in eval mode."""
     model.eval()
 
     def run_chunks(chunks: np.ndarray) -> np.ndarray:
         out = model(mx.array(chunks))
         return np.array(out.astype(mx.float32))
 
-    return run_chunks, config
+    return run_chunks
 
 
 if __name__ == "__main__":

@@ -34,8 +34,9 @@ def test_bench_writes_table_json_and_plot_for_both_backends(tmp_path):
         assert t["tokens_per_s"]["median"] > 0 and t["steps_per_s"]["median"] > 0
         assert t["achieved_flops"]["median"] > 0
         assert t["mfu"] is None                   # no known peak FLOP/s for a CPU
-        g = run["generation"][backend]
+        g = run["inference"][backend]
         assert g["new_tokens"] == 4 and g["decode_tokens_per_s"]["median"] > 0
+        assert g["metric"] == "decode tokens/s" and g["value"] == g["decode_tokens_per_s"]
     assert run["training"]["mlx"]["peak_memory_bytes"]["median"] > 0
     assert run["training"]["torch"]["peak_memory_bytes"] is None   # torch on CPU: no stats
     assert run["ratios"]["mlx_over_torch_step_time"]["median"] > 0
@@ -44,6 +45,22 @@ def test_bench_writes_table_json_and_plot_for_both_backends(tmp_path):
     assert "| mlx |" in table and "| torch |" in table and "MLX step time / torch" in table
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "bench.md", "bench.png"]
+
+
+def test_bench_separation_training_and_speed(tmp_path):
+    """A separator: audio seconds per second of training and x real time of separation."""
+    out = run_bench("--configs", "configs/musdb18_demo.yaml", "--models", "tflocoformer",
+                    "--steps", "1", "--repeats", "1", "--warmup", "1", "--audio-seconds", "2",
+                    "--json", str(tmp_path / "bench.json"), "train.batch_size=1",
+                    "data.segment_seconds=0.5")
+    assert out.returncode == 0, out.stderr
+    [run] = json.loads((tmp_path / "bench.json").read_text())["runs"]
+    assert run["model"] == "tflocoformer" and run["unit"] == "audio_s" and run["units_per_step"] == 0.5
+    for backend in ("mlx", "torch"):
+        assert run["training"][backend]["audio_s_per_s"]["median"] > 0
+        sep = run["inference"][backend]
+        assert sep["metric"] == "x real time" and sep["audio_seconds"] == 2.0 and sep["value"]["median"] > 0
+    assert "x real time" in out.stdout and "audio_s/s" in out.stdout
 
 
 def test_bench_rejects_unknown_names_and_bad_configs(tmp_path):

@@ -16,14 +16,18 @@ def load(checkpoint):
     model, config = load_model(checkpoint)
     if config["family"] not in SEPARATORS:
         raise CheckpointError(f"{checkpoint} holds a {config['family']!r} model, not a separator")
-    device = default_device()
+    return chunk_runner(model, default_device()), config
+
+
+def chunk_runner(model, device):
+    """run_chunks((N, C, T) float32 numpy) -> (N, S, C, T), in eval mode on `device`."""
     model = model.to(device).eval()
 
     @torch.no_grad()
     def run_chunks(chunks: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(chunks).to(device)).float().cpu().numpy()
 
-    return run_chunks, config
+    return run_chunks
 
 
 if __name__ == "__main__":
