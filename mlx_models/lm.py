@@ -8,6 +8,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from mlx_models.recompute import Dropout, run_layer
 from shared.specs.lm import LMSpec
 
 
@@ -93,7 +94,7 @@ class TransformerBlock(nn.Module):
         self.attention = Attention(spec)
         self.mlp_norm = RMSNorm(spec.hidden_size, spec.norm_eps)
         self.mlp = MLP(spec)
-        self.dropout = nn.Dropout(spec.dropout)
+        self.dropout = Dropout(spec.dropout)
 
     def __call__(self, x, cache: KVCache | None = None):
         x = x + self.dropout(self.attention(self.attention_norm(x), cache))
@@ -116,10 +117,10 @@ class LanguageModel(nn.Module):
     def __call__(self, tokens, cache: list[KVCache] | None = None):
         h = self.embed_tokens(tokens)
         for i, layer in enumerate(self.layers):
-            if self.checkpoint_activations and cache is None and self.training:
-                h = _checkpointed(layer, h)
+            if cache is not None:
+                h = layer(h, cache[i])
             else:
-                h = layer(h, cache[i] if cache is not None else None)
+                h = run_layer(layer, h, checkpoint=self.checkpoint_activations)
         h = self.norm(h)
         if self.spec.tie_embeddings:
             return self.embed_tokens.as_linear(h)
@@ -127,14 +128,6 @@ class LanguageModel(nn.Module):
 
     def make_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.layers]
-
-
-def _checkpointed(layer: nn.Module, h):
-    """Run `layer` under mx.checkpoint: only its input is kept for the backward pass."""
-    def run(params, x):
-        layer.update(params)
-        return layer(x)
-    return mx.checkpoint(run)(layer.trainable_parameters(), h)
 
 
 def loss(model: LanguageModel, batch):

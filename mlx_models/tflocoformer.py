@@ -13,26 +13,12 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_models.lm import _checkpointed
+from mlx_models.recompute import Dropout, run_layer
+# The losses are shared with the band-split family; importing them here keeps
+# mlx_models.tflocoformer.si_sdr / l1_mrstft / mean / total where callers expect them.
+from mlx_models.separation_loss import l1_mrstft, mean, separation_loss, si_sdr, total  # noqa: F401
 from mlx_models.stft import istft, stft
-from shared.specs.tflocoformer import SI_SDR_EPS, TFLocoformerSpec, mrstft_resolutions
-
-
-def mean(x, axes):
-    """mx.mean over `axes`, one axis at a time, innermost first. MLX's CPU reductions keep
-    one float32 running sum per output, whose error grows with the count: over one 3 s,
-    n_fft 2048, emb 96 feature map (258 x 1025 x 96 = 25M values) mx.mean is off by 5%.
-    Axis by axis, no sum is longer than one axis (torch's reductions need no such help)."""
-    for axis in sorted((a % x.ndim for a in axes), reverse=True):
-        x = mx.mean(x, axis=axis, keepdims=True)
-    return x
-
-
-def total(x, axes):
-    """mx.sum over `axes`, one axis at a time (see `mean`)."""
-    for axis in sorted((a % x.ndim for a in axes), reverse=True):
-        x = mx.sum(x, axis=axis, keepdims=True)
-    return x
+from shared.specs.tflocoformer import TFLocoformerSpec
 
 
 class GroupNorm(nn.GroupNorm):
@@ -79,7 +65,7 @@ class MultiHeadSelfAttention(nn.Module):
         # traditional=True rotates interleaved pairs (x0, x1), (x2, x3), ...: the convention
         # of rotary_embedding_torch, which the reference uses (not the LM's rotate-half).
         self.rope = nn.RoPE(self.head_dim, traditional=True, base=10000.0)
-        self.dropout = nn.Dropout(spec.dropout)
+        self.dropout = Dropout(spec.dropout)
 
     def __call__(self, x):
         N, L, _ = x.shape
@@ -115,7 +101,7 @@ class SwiGLUConvDeconv1d(nn.Module):
         self.hidden, self.kernel, self.shift = hidden, spec.conv1d_kernel, spec.conv1d_shift
         self.conv1d = nn.Conv1d(dim, 2 * hidden, self.kernel, stride=self.shift)
         self.deconv1d = nn.ConvTranspose1d(hidden, dim, self.kernel, stride=self.shift)
-        self.dropout = nn.Dropout(spec.dropout)
+        self.dropout = Dropout(spec.dropout)
 
     def __call__(self, x):
         B, S1, S2, D = x.shape
@@ -185,10 +171,7 @@ class TFLocoformer(nn.Module):
         x = mx.concatenate([z.real, z.imag], axis=-1)                    # (B, frames, F, 2C)
         x = self.encoder_norm(self.encoder(x))                           # (B, frames, F, D)
         for block in self.blocks:
-            if self.checkpoint_activations and self.training:
-                x = _checkpointed(block, x)
-            else:
-                x = block(x)
+            x = run_layer(block, x, checkpoint=self.checkpoint_activations)
         # The spectrum is built in fp32, whatever the compute dtype of the blocks.
         x = self.decoder(x).astype(mx.float32)                           # (B, frames, F, S*2*C)
         n_frames, n_freq = x.shape[1], x.shape[2]
@@ -197,31 +180,7 @@ class TFLocoformer(nn.Module):
         return istft(z, spec.n_fft, spec.hop, length=T)
 
 
-def si_sdr(reference, estimate, eps: float = SI_SDR_EPS):
-    """SI-SDR in dB per (item, source), channels and time scored together as one signal
-    (shared/metrics.py's definition): (..., C, T) -> (...)."""
-    axes = (-2, -1)
-    scale = total(estimate * reference, axes) / (total(reference * reference, axes) + eps)
-    target = scale * reference
-    sdr = 10 * mx.log10((total(target * target, axes) + eps) / (total((target - estimate) ** 2, axes) + eps))
-    return sdr[..., 0, 0]
-
-
-def l1_mrstft(estimate, reference, weight: float):
-    """Mean |waveform error| + weight * mean over resolutions of mean ||STFT(est)| - |STFT(ref)||."""
-    every = range(reference.ndim)
-    loss = mean(mx.abs(estimate - reference), every)
-    resolutions = mrstft_resolutions(reference.shape[-1])
-    if weight and resolutions:
-        spectral = [mean(mx.abs(mx.abs(stft(estimate, n, hop)) - mx.abs(stft(reference, n, hop))),
-                         range(reference.ndim + 1)) for n, hop in resolutions]
-        loss = loss + weight * sum(spectral) / len(spectral)
-    return loss.reshape(())
-
-
 def loss(model: TFLocoformer, batch):
     """batch: {"mixture": (B, C, T), "sources": (B, S, C, T)}; the spec's objective."""
     estimate, reference = model(batch["mixture"]), batch["sources"]
-    if model.spec.loss == "si_sdr":
-        return -mx.mean(si_sdr(reference, estimate))
-    return l1_mrstft(estimate, reference, model.spec.mrstft_weight)
+    return separation_loss(estimate, reference, model.spec.loss, model.spec.mrstft_weight)

@@ -1,5 +1,6 @@
 """The training engine on both backends: accumulation, activation checkpointing, mixed
 precision, compilation, exact resume, bad steps, configs and the CLI."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -56,12 +57,17 @@ def test_accumulation_memory_stays_flat_mlx():
     assert peaks[16] <= 1.10 * peaks[2], peaks
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
-def test_activation_checkpointing_gives_the_same_gradients(backend):
-    weights = lm_init_weights(SPEC, 2)
+def test_activation_checkpointing_gives_the_same_gradients(backend, dropout):
+    """With dropout on, the recomputation in the backward pass must draw the forward's
+    masks (mx.checkpoint alone would draw new ones: mlx_models/recompute.py). Each
+    trainer seeds the RNG, so each is built right before its step."""
+    spec = dataclasses.replace(SPEC, dropout=dropout)
+    weights = lm_init_weights(spec, 2)
     b = batch(4, seed=3)
-    plain = TRAINERS[backend](SPEC, TrainConfig(), weights).gradients_numpy([b])
-    ckpt = TRAINERS[backend](SPEC, TrainConfig(gradient_checkpointing=True), weights).gradients_numpy([b])
+    plain = TRAINERS[backend](spec, TrainConfig(), weights).gradients_numpy([b])
+    ckpt = TRAINERS[backend](spec, TrainConfig(gradient_checkpointing=True), weights).gradients_numpy([b])
     assert ckpt[0] == pytest.approx(plain[0], rel=1e-6)
     for name in plain[1]:
         assert rel_err(ckpt[1][name], plain[1][name]) <= 1e-5, name

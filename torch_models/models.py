@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch_models import lm, tflocoformer
+from torch_models import bandsplit, lm, tflocoformer
 from torch_models.weights import get_weights, set_weights
 from shared import model_io
 
-MODEL_CLASSES = {"lm": lm.LanguageModel, "tflocoformer": tflocoformer.TFLocoformer}
-LOSSES = {"lm": lm.loss, "tflocoformer": tflocoformer.loss}
+MODEL_CLASSES = {"lm": lm.LanguageModel, "tflocoformer": tflocoformer.TFLocoformer,
+                 "bandsplit": bandsplit.BandSplitSeparator}
+LOSSES = {"lm": lm.loss, "tflocoformer": tflocoformer.loss, "bandsplit": bandsplit.loss}
 # Families whose loss is a weighted sum report each term: name -> loss_terms(model, batch)
 # returning {"loss": total, term: value, ...}.
 LOSS_TERMS = {}

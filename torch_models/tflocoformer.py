@@ -15,7 +15,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from shared.specs.tflocoformer import SI_SDR_EPS, TFLocoformerSpec, mrstft_resolutions
+from shared.specs.tflocoformer import TFLocoformerSpec
+# The losses are shared with the band-split family; importing them here keeps
+# torch_models.tflocoformer.si_sdr / l1_mrstft where callers expect them.
+from torch_models.separation_loss import l1_mrstft, separation_loss, si_sdr  # noqa: F401
 from torch_models.stft import istft, stft
 
 
@@ -181,30 +184,7 @@ class TFLocoformer(nn.Module):
         return istft(z, spec.n_fft, spec.hop, length=T)
 
 
-def si_sdr(reference, estimate, eps: float = SI_SDR_EPS):
-    """SI-SDR in dB per (item, source), channels and time scored together as one signal
-    (shared/metrics.py's definition): (..., C, T) -> (...)."""
-    dims = (-2, -1)
-    scale = torch.sum(estimate * reference, dim=dims) / (torch.sum(reference * reference, dim=dims) + eps)
-    target = scale[..., None, None] * reference
-    return 10 * torch.log10((torch.sum(target * target, dim=dims) + eps)
-                            / (torch.sum((target - estimate) ** 2, dim=dims) + eps))
-
-
-def l1_mrstft(estimate, reference, weight: float):
-    """Mean |waveform error| + weight * mean over resolutions of mean ||STFT(est)| - |STFT(ref)||."""
-    loss = torch.mean(torch.abs(estimate - reference))
-    resolutions = mrstft_resolutions(reference.shape[-1])
-    if weight and resolutions:
-        spectral = [torch.mean(torch.abs(stft(estimate, n, hop).abs() - stft(reference, n, hop).abs()))
-                    for n, hop in resolutions]
-        loss = loss + weight * sum(spectral) / len(spectral)
-    return loss
-
-
 def loss(model: TFLocoformer, batch):
     """batch: {"mixture": (B, C, T), "sources": (B, S, C, T)}; the spec's objective."""
     estimate, reference = model(batch["mixture"]), batch["sources"]
-    if model.spec.loss == "si_sdr":
-        return -torch.mean(si_sdr(reference, estimate))
-    return l1_mrstft(estimate, reference, model.spec.mrstft_weight)
+    return separation_loss(estimate, reference, model.spec.loss, model.spec.mrstft_weight)

@@ -8,6 +8,8 @@ from typing import Any, Callable
 import numpy as np
 
 from shared.specs.base import ParamSpec, SpecError
+from shared.specs.bandsplit import (BandSplitSpec, bandsplit_init_weights, bandsplit_manifest,
+                                    bandsplit_param_counts)
 from shared.specs.lm import LMSpec, lm_init_weights, lm_manifest, lm_param_counts
 from shared.specs.tflocoformer import (TFLocoformerSpec, tflocoformer_init_weights,
                                        tflocoformer_manifest, tflocoformer_param_counts)
@@ -26,6 +28,8 @@ FAMILIES: dict[str, Family] = {
     "lm": Family("lm", LMSpec, lm_manifest, lm_init_weights, lm_param_counts),
     "tflocoformer": Family("tflocoformer", TFLocoformerSpec, tflocoformer_manifest,
                            tflocoformer_init_weights, tflocoformer_param_counts),
+    "bandsplit": Family("bandsplit", BandSplitSpec, bandsplit_manifest, bandsplit_init_weights,
+                        bandsplit_param_counts),
 }
 
 
