@@ -75,6 +75,54 @@ class AudioDataConfig:
 
 
 @dataclass(frozen=True)
+class S2UTDataConfig:
+    """Speech-to-unit translation data (EchoStream): fairseq S2UT manifests, see
+    shared/data/s2ut.py. Both manifests empty: a synthetic demo corpus is generated into
+    the run directory (python -m shared.data.synth_s2ut), so training works from a clone."""
+    train_manifest: str = ""
+    dev_manifest: str = ""
+    # SentencePiece models (pad 0, unk 1, bos 2, eos 3); empty: trained from the training
+    # manifest's texts into the run directory, with model.src_vocab_size / tgt_vocab_size.
+    src_tokenizer: str = ""
+    tgt_tokenizer: str = ""
+    sample_rate: int = 16000
+    max_duration: float = 10.0         # seconds; longer utterances are skipped (and counted)
+    max_tokens: int = 5000             # padded feature frames per batch (B x longest)
+    skip_bad_rows: bool = False        # false: unusable manifest rows stop the run, listed
+    sort_window_batches: int = 50      # length-sort within windows of this many batches
+    specaugment: bool = True           # training batches only
+    num_freq_masks: int = 2
+    freq_mask_width: int = 27
+    num_time_masks: int = 2
+    time_mask_width: int = 100
+    dev_max_utterances: int = 200      # dev utterances scored at each evaluation (0: all)
+    synth_train_utterances: int = 400  # size of the generated demo corpus
+    synth_dev_utterances: int = 40
+    synth_min_seconds: float = 1.0
+    synth_max_seconds: float = 4.0
+    seed: int = 0                      # the demo corpus
+
+    def validate(self):
+        if bool(self.train_manifest) != bool(self.dev_manifest):
+            raise ConfigError("set both data.train_manifest and data.dev_manifest, or neither "
+                              "(both empty: train on the generated demo corpus)")
+        if self.sample_rate <= 0 or not self.max_duration > 0:
+            raise ConfigError("data.sample_rate and data.max_duration must be > 0")
+        if self.max_tokens <= 0 or self.sort_window_batches <= 0:
+            raise ConfigError("data.max_tokens and data.sort_window_batches must be > 0")
+        for name in ("num_freq_masks", "freq_mask_width", "num_time_masks", "time_mask_width",
+                     "dev_max_utterances"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"data.{name} must be >= 0, got {getattr(self, name)}")
+        if self.synth_train_utterances < 1 or self.synth_dev_utterances < 1:
+            raise ConfigError("data.synth_train_utterances and data.synth_dev_utterances "
+                              "must be >= 1")
+        if not 0 < self.synth_min_seconds < self.synth_max_seconds:
+            raise ConfigError(f"need 0 < data.synth_min_seconds < data.synth_max_seconds, got "
+                              f"{self.synth_min_seconds}, {self.synth_max_seconds}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     seed: int = 1337
     batch_size: int = 8                    # micro-batch: sequences per forward/backward
@@ -154,7 +202,7 @@ class RunConfig:
 
 SECTIONS = {"data": DataConfig, "train": TrainConfig, "hardware": HardwareConfig}
 # The data section's schema depends on the family.
-DATA_CONFIGS = {"lm": DataConfig}
+DATA_CONFIGS = {"lm": DataConfig, "echostream": S2UTDataConfig}
 
 
 def data_config_class(family: str):

@@ -91,3 +91,90 @@ def csdr_over_tracks(per_track) -> float:
 def _nan_reduce(reduce, values: np.ndarray) -> float:
     """reduce over the finite values; nan (without numpy's all-nan warning) if none."""
     return float(reduce(values)) if np.any(~np.isnan(values)) else float("nan")
+
+
+# ----------------------------------------------------------------------------------------
+# Speech recognition and translation metrics (EchoStream): edit-distance error rates over
+# words, characters or discrete units, corpus BLEU (sacrebleu), and CTC greedy collapse.
+#
+#     WER = (substitutions + deletions + insertions) / reference words, summed over the
+#           corpus before dividing (not a mean of per-sentence rates), as sclite and
+#           jiwer report it; a fraction (0.25 = 25 %), can exceed 1.
+#     CER = the same over characters (spaces count, runs of whitespace are one space).
+#     unit error rate = the same over discrete unit sequences.
+#     BLEU = sacrebleu's corpus BLEU (13a tokenisation, exp smoothing), 0..100.
+# ----------------------------------------------------------------------------------------
+def edit_distance(reference, hypothesis) -> int:
+    """Levenshtein distance between two sequences (unit costs), one DP row at a time."""
+    ref, hyp = list(reference), list(hypothesis)
+    previous = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, start=1):
+        current = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, start=1):
+            current[j] = min(previous[j] + 1,              # deletion of r
+                             current[j - 1] + 1,           # insertion of h
+                             previous[j - 1] + (r != h))   # substitution or match
+        previous = current
+    return previous[-1]
+
+
+def _as_list(texts) -> list:
+    return [texts] if isinstance(texts, str) else list(texts)
+
+
+def _error_rate(pairs) -> float:
+    """Corpus-level rate: total edits / total reference length (nan for empty references)."""
+    edits = length = 0
+    for ref, hyp in pairs:
+        edits += edit_distance(ref, hyp)
+        length += len(ref)
+    return edits / length if length else float("nan")
+
+
+def word_error_rate(references, hypotheses) -> float:
+    """Corpus WER of hypothesis strings against reference strings (or one pair)."""
+    refs, hyps = _as_list(references), _as_list(hypotheses)
+    _check_pairs(refs, hyps)
+    return _error_rate((r.split(), h.split()) for r, h in zip(refs, hyps))
+
+
+def char_error_rate(references, hypotheses) -> float:
+    """Corpus CER; whitespace is normalised to single spaces and stripped at the ends."""
+    refs, hyps = _as_list(references), _as_list(hypotheses)
+    _check_pairs(refs, hyps)
+    return _error_rate((" ".join(r.split()), " ".join(h.split())) for r, h in zip(refs, hyps))
+
+
+def unit_error_rate(references, hypotheses) -> float:
+    """Corpus error rate over discrete unit sequences (lists of ints, one per utterance)."""
+    refs, hyps = [list(r) for r in references], [list(h) for h in hypotheses]
+    _check_pairs(refs, hyps)
+    return _error_rate(zip(refs, hyps))
+
+
+def corpus_bleu(hypotheses, references) -> float:
+    """sacrebleu corpus BLEU (0..100) of hypothesis strings against one reference each."""
+    import sacrebleu
+
+    hyps, refs = _as_list(hypotheses), _as_list(references)
+    _check_pairs(refs, hyps)
+    return float(sacrebleu.corpus_bleu(hyps, [refs]).score)
+
+
+def ctc_collapse(ids, length: int | None = None, blank: int = 0) -> list[int]:
+    """Greedy CTC output: the first `length` frame labels with repeats merged, then
+    blanks removed ([a, a, 0, a, b, b] -> [a, a, b])."""
+    frames = np.asarray(ids).reshape(-1)
+    if length is not None:
+        frames = frames[:int(length)]
+    out, last = [], None
+    for label in frames.tolist():
+        if label != last and label != blank:
+            out.append(int(label))
+        last = label
+    return out
+
+
+def _check_pairs(references: list, hypotheses: list) -> None:
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")

@@ -87,6 +87,80 @@ class SeparationTask:
         return {}
 
 
+class EchoStreamTask:
+    """Speech-to-unit translation (EchoStream) on fairseq S2UT manifests (a generated demo
+    corpus when data.train_manifest is empty), shared/data/s2ut.py. Evaluation on the dev
+    manifest (its first data.dev_max_utterances): the loss and its four terms, then the
+    model's own greedy outputs scored -- WER/CER of the ASR CTC head, BLEU of the MT
+    decoder and of the ST CTC head, unit error rate of the unit CTC head."""
+    unit = "audio_s"
+
+    def __init__(self, config, out_dir: Path, rank: int = 0, world_size: int = 1):
+        from shared.audio.fbank import SpecAugment
+        from shared.data.s2ut import BucketBatcher, S2UTCorpus, eval_batches
+
+        d, m = config.data, config.model
+        self.corpus = S2UTCorpus(d, m.src_vocab_size, m.tgt_vocab_size, m.n_units, out_dir / "data")
+        augment = (SpecAugment(freq_mask_width=d.freq_mask_width, num_freq_masks=d.num_freq_masks,
+                               time_mask_width=d.time_mask_width, num_time_masks=d.num_time_masks)
+                   if d.specaugment else None)
+        self.batcher = BucketBatcher(self.corpus.train, self.corpus.cmvn, config.train.seed,
+                                     d.max_tokens, augment, d.sort_window_batches, rank, world_size)
+        self.dev_batches = eval_batches(self.corpus.dev, self.corpus.cmvn, config.train.batch_size,
+                                        d.max_tokens, d.dev_max_utterances)
+        # greedy MT decoding stops at EOS or at twice the longest dev target (+ slack)
+        longest = max(len(self.corpus.dev.tgt_ids[i]) for idx, _ in self.dev_batches for i in idx)
+        self.max_target_len = 2 * longest + 10
+        self.units_per_sample = float(self.corpus.train.seconds.mean())
+
+    def train_batch(self, position: int, batch_size: int) -> dict[str, np.ndarray]:
+        return self.batcher.batch(position, batch_size)
+
+    def evaluate(self, trainer) -> dict:
+        from shared.data.s2ut import EOS, PAD
+        from shared.metrics import (char_error_rate, corpus_bleu, ctc_collapse,
+                                    unit_error_rate, word_error_rate)
+
+        dev, src_sp, tgt_sp = self.corpus.dev, self.corpus.src_tokenizer, self.corpus.tgt_tokenizer
+        sums, count = {}, 0
+        refs = {"src": [], "tgt": [], "units": []}
+        hyps = {"asr": [], "mt": [], "st": [], "units": []}
+        for indices, batch in self.dev_batches:
+            n = len(indices)
+            for name, value in trainer.eval_terms(batch).items():
+                sums[name] = sums.get(name, 0.0) + value * n    # utterance-weighted means
+            count += n
+            out = trainer.decode(batch, max_target_len=self.max_target_len)
+            for b, i in enumerate(indices):
+                utt = dev.utterances[i]
+                refs["src"].append(utt.src_text)
+                refs["tgt"].append(utt.tgt_text)
+                refs["units"].append(list(utt.units))
+                enc_len = int(out["encoder_lengths"][b])
+                hyps["asr"].append(src_sp.decode(ctc_collapse(out["asr_ctc_argmax"][b], enc_len)))
+                hyps["st"].append(tgt_sp.decode(ctc_collapse(out["st_ctc_argmax"][b], enc_len)))
+                tokens = [int(t) for t in out["mt_tokens"][b]]
+                tokens = tokens[:tokens.index(EOS)] if EOS in tokens else tokens
+                hyps["mt"].append(tgt_sp.decode([t for t in tokens if t != PAD]))
+                units = ctc_collapse(out["unit_ctc_argmax"][b], int(out["unit_lengths"][b]))
+                hyps["units"].append([u - 1 for u in units])     # ids back to units
+        row = {"val_loss": sums.pop("loss") / count}
+        row |= {f"val_{name}": total / count for name, total in sums.items()}
+        row |= {"wer": word_error_rate(refs["src"], hyps["asr"]),
+                "cer": char_error_rate(refs["src"], hyps["asr"]),
+                "bleu": corpus_bleu(hyps["mt"], refs["tgt"]),
+                "st_ctc_bleu": corpus_bleu(hyps["st"], refs["tgt"]),
+                "unit_error_rate": unit_error_rate(refs["units"], hyps["units"])}
+        return row
+
+    def checkpoint_files(self) -> dict[str, bytes]:
+        from shared.data.s2ut import cmvn_to_bytes
+
+        return {"src_tokenizer.model": self.corpus.src_tokenizer_path.read_bytes(),
+                "tgt_tokenizer.model": self.corpus.tgt_tokenizer_path.read_bytes(),
+                "cmvn.npz": cmvn_to_bytes(self.corpus.cmvn)}
+
+
 def demo_dataset(root: Path, d) -> Path:
     """Generate the synthetic demo set once (deterministic in data.seed)."""
     from shared.data.synth_musdb import generate
@@ -99,7 +173,8 @@ def demo_dataset(root: Path, d) -> Path:
     return root
 
 
-TASKS = {"lm": LMTask, "tflocoformer": SeparationTask, "bandsplit": SeparationTask}
+TASKS = {"lm": LMTask, "tflocoformer": SeparationTask, "bandsplit": SeparationTask,
+         "echostream": EchoStreamTask}
 
 
 def make_task(config, out_dir: Path, rank: int = 0, world_size: int = 1):

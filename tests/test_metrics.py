@@ -143,3 +143,75 @@ def test_shape_errors():
         sdr(np.zeros((2, 10)), np.zeros(10))
     with pytest.raises(ValueError, match="channels, time"):
         si_sdr(np.zeros((1, 2, 10)), np.zeros((1, 2, 10)))
+
+
+# ------------------------------------------------------------------ speech / translation
+import functools  # noqa: E402
+
+from shared.metrics import (char_error_rate, corpus_bleu, ctc_collapse, edit_distance,  # noqa: E402
+                            unit_error_rate, word_error_rate)
+
+
+def reference_edit_distance(a, b) -> int:
+    """Levenshtein distance by the textbook recursion over suffixes (memoised), written
+    independently of shared.metrics' row-by-row DP."""
+    a, b = tuple(a), tuple(b)
+
+    @functools.lru_cache(maxsize=None)
+    def d(i, j):
+        if i == len(a):
+            return len(b) - j
+        if j == len(b):
+            return len(a) - i
+        if a[i] == b[j]:
+            return d(i + 1, j + 1)
+        return 1 + min(d(i + 1, j), d(i, j + 1), d(i + 1, j + 1))
+
+    return d(0, 0)
+
+
+def test_edit_distance_and_wer_against_reference_recursion():
+    rng = np.random.default_rng(0)
+    words = ["ba", "ki", "to", "mesu", "lumi", "ra"]
+    refs, hyps = [], []
+    for _ in range(40):
+        ref = list(rng.choice(words, rng.integers(0, 9)))
+        hyp = list(rng.choice(words, rng.integers(0, 9)))
+        assert edit_distance(ref, hyp) == reference_edit_distance(ref, hyp)
+        refs.append(" ".join(ref))
+        hyps.append(" ".join(hyp))
+    edits = sum(reference_edit_distance(r.split(), h.split()) for r, h in zip(refs, hyps))
+    assert word_error_rate(refs, hyps) == pytest.approx(edits / sum(len(r.split()) for r in refs))
+    chars = sum(reference_edit_distance(r, h) for r, h in zip(refs, hyps))
+    assert char_error_rate(refs, hyps) == pytest.approx(chars / sum(len(r) for r in refs))
+
+
+def test_wer_cer_hand_examples():
+    # one substitution (sat -> sit), one deletion (the), one insertion (down): 3 / 6
+    assert word_error_rate("the cat sat on the mat", "the cat sit on mat down") == 0.5
+    assert word_error_rate(["a b", "c"], ["a b", "c"]) == 0.0
+    assert word_error_rate("a b", "") == 1.0 and word_error_rate("a", "x y z") == 3.0
+    assert char_error_rate("abc  d", " abd d ") == pytest.approx(1 / 5)   # "abc d" vs "abd d"
+    assert unit_error_rate([[1, 2, 3, 4]], [[1, 3, 4, 5]]) == 0.5
+    with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
+        word_error_rate(["a", "b"], ["a"])
+
+
+def test_bleu_matches_hand_computed_value():
+    # hypothesis vs reference: clipped n-gram precisions 5/6, 3/5, 2/4, 1/3, equal length
+    # (brevity penalty 1): BLEU = 100 * (5/6 * 3/5 * 2/4 * 1/3) ** (1/4)
+    hand = 100 * (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25
+    assert corpus_bleu(["the cat sat on the mat"], ["the cat sat on a mat"]) == pytest.approx(hand)
+    # shorter hypothesis: c = 4, r = 6, brevity penalty exp(1 - 6/4); precisions 1, 1, 1, 1
+    assert corpus_bleu("the cat sat on", "the cat sat on a mat") == pytest.approx(
+        100 * np.exp(1 - 6 / 4))
+    # corpus level: n-gram counts are pooled before the precisions are taken
+    assert corpus_bleu(["a b c d", "e f g h"], ["a b c d", "e f g h"]) == pytest.approx(100.0)
+    assert corpus_bleu(["x y z w"], ["a b c d"]) == 0.0
+
+
+def test_ctc_collapse():
+    assert ctc_collapse([3, 3, 0, 3, 5, 5, 0, 0, 7]) == [3, 3, 5, 7]
+    assert ctc_collapse(np.array([3, 3, 0, 4, 9, 9]), length=4) == [3, 4]
+    assert ctc_collapse([1, 1, 2], blank=1) == [2]
+    assert ctc_collapse([0, 0, 0]) == [] and ctc_collapse([], 0) == []

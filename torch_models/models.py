@@ -3,16 +3,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch_models import bandsplit, lm, tflocoformer
+from torch_models import bandsplit, echostream, lm, tflocoformer
 from torch_models.weights import get_weights, set_weights
 from shared import model_io
 
 MODEL_CLASSES = {"lm": lm.LanguageModel, "tflocoformer": tflocoformer.TFLocoformer,
-                 "bandsplit": bandsplit.BandSplitSeparator}
-LOSSES = {"lm": lm.loss, "tflocoformer": tflocoformer.loss, "bandsplit": bandsplit.loss}
+                 "bandsplit": bandsplit.BandSplitSeparator, "echostream": echostream.EchoStream}
+LOSSES = {"lm": lm.loss, "tflocoformer": tflocoformer.loss, "bandsplit": bandsplit.loss,
+          "echostream": echostream.loss}
 # Families whose loss is a weighted sum report each term: name -> loss_terms(model, batch)
 # returning {"loss": total, term: value, ...}.
-LOSS_TERMS = {}
+LOSS_TERMS = {"echostream": echostream.loss_terms}
 
 
 def build_model(spec, seed: int = 0, weights=None):

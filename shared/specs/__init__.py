@@ -10,6 +10,8 @@ import numpy as np
 from shared.specs.base import ParamSpec, SpecError
 from shared.specs.bandsplit import (BandSplitSpec, bandsplit_init_weights, bandsplit_manifest,
                                     bandsplit_param_counts)
+from shared.specs.echostream import (EchoStreamSpec, echostream_init_weights, echostream_manifest,
+                                     echostream_param_counts)
 from shared.specs.lm import LMSpec, lm_init_weights, lm_manifest, lm_param_counts
 from shared.specs.tflocoformer import (TFLocoformerSpec, tflocoformer_init_weights,
                                        tflocoformer_manifest, tflocoformer_param_counts)
@@ -30,6 +32,8 @@ FAMILIES: dict[str, Family] = {
                            tflocoformer_init_weights, tflocoformer_param_counts),
     "bandsplit": Family("bandsplit", BandSplitSpec, bandsplit_manifest, bandsplit_init_weights,
                         bandsplit_param_counts),
+    "echostream": Family("echostream", EchoStreamSpec, echostream_manifest,
+                         echostream_init_weights, echostream_param_counts),
 }
 
 

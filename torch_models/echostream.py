@@ -1,0 +1,498 @@
+"""EchoStream streaming speech-to-unit translation in PyTorch: an Emformer speech encoder
+and four heads (ASR CTC, ST CTC, autoregressive MT decoder, CTC unit decoder).
+
+Mirrors mlx_models/echostream.py: same classes, same attribute names, so both parameter
+trees flatten to the names in shared.specs.echostream.echostream_manifest. The
+architecture, the token ids and the attention masks are described (and the masks built,
+in numpy) in shared/specs/echostream.py. Every mask here is an explicit additive tensor
+(never `is_causal`, which is aligned differently from MLX's "causal"; DESIGN.md).
+Activations are batch-first (B, T, D) as on the MLX side; only the subsampling convs see
+torch's channels-first layout.
+
+Streaming: `init_stream()`, then `stream_encode(chunk, state)` with any number of new
+feature frames, then `stream_finish(state)`; the frames they return, concatenated, are
+the parallel encoder's output for the whole utterance. Call `model.eval()` first.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from shared.specs.echostream import (BLANK, BOS, EOS, MEMORY_CLAMP, NEG, PAD, EchoStreamSpec,
+                                     causal_mask, emformer_layout, emformer_stream_mask,
+                                     encoder_length, sinusoidal_positions)
+from torch_models.ctc import ctc_loss
+
+
+def constant(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """A numpy constant (mask, position table) on `like`'s device."""
+    return torch.tensor(array, device=like.device)
+
+
+def padding_mask(lengths, n: int, dtype):
+    """Additive (B, 1, 1, n) mask hiding keys at positions >= length."""
+    valid = torch.arange(n, device=lengths.device)[None, :] < lengths[:, None]
+    return torch.where(valid, 0.0, NEG).to(dtype)[:, None, None, :]
+
+
+def keep_last(x, n: int):
+    """The last n frames of x (B, T, D); none for n = 0 (x[:, -0:] would keep all)."""
+    return x[:, max(x.shape[1] - n, 0):]
+
+
+class MultiHeadAttention(nn.Module):
+    """Attention of `queries` (B, Q, dim) over `keys` (B, K, kv_dim), additive mask
+    broadcastable to (B, heads, Q, K)."""
+
+    def __init__(self, dim: int, kv_dim: int, n_heads: int):
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, dim // n_heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(kv_dim, dim, bias=False)  # softmax ignores a key bias
+        self.v_proj = nn.Linear(kv_dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, queries, keys, mask):
+        return self.attend(self.q_proj(queries), self.k_proj(keys), self.v_proj(keys), mask)
+
+    def attend(self, q, k, v, mask):
+        """Attention from projected queries (B, Q, dim), keys and values (B, K, dim)."""
+        B, Q, _ = q.shape
+
+        def heads(x):
+            return x.reshape(B, x.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v),
+                                             attn_mask=mask.to(q.dtype), scale=self.head_dim ** -0.5)
+        return self.out_proj(out.transpose(1, 2).reshape(B, Q, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.fc2(self.dropout(F.relu(self.fc1(x)))))
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm transformer layer: self-attention, optional cross-attention, FFN."""
+
+    def __init__(self, dim: int, n_heads: int, ffn_dim: int, spec: EchoStreamSpec, cross_dim: int = 0):
+        super().__init__()
+        eps = spec.layer_norm_eps
+        self.self_attn_norm = nn.LayerNorm(dim, eps=eps)
+        self.self_attn = MultiHeadAttention(dim, dim, n_heads)
+        if cross_dim:
+            self.cross_attn_norm = nn.LayerNorm(dim, eps=eps)
+            self.cross_attn = MultiHeadAttention(dim, cross_dim, n_heads)
+        self.ffn_norm = nn.LayerNorm(dim, eps=eps)
+        self.ffn = FeedForward(dim, ffn_dim, spec.dropout)
+        self.dropout = nn.Dropout(spec.dropout)
+
+    def forward(self, x, mask, memory=None, memory_mask=None):
+        h = self.self_attn_norm(x)
+        x = x + self.dropout(self.self_attn(h, h, mask))
+        if memory is not None:
+            x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), memory, memory_mask))
+        return x + self.ffn(self.ffn_norm(x))
+
+
+# ------------------------------------------------------------------------ encoder
+class ConvSubsampler(nn.Module):
+    """(B, T, n_mels) -> (B, T', D): two Conv1d(kernel k, stride 2) + GLU, no padding, so
+    encoder frame j depends on feature frames 4j .. 4j + 3k - 3 only."""
+
+    def __init__(self, spec: EchoStreamSpec):
+        super().__init__()
+        C, k = spec.subsample_channels, spec.subsample_kernel
+        self.conv1 = nn.Conv1d(spec.n_mels, C, k, stride=2)
+        self.conv2 = nn.Conv1d(C // 2, 2 * spec.embed_dim, k, stride=2)
+
+    def forward(self, features):
+        x = features.transpose(1, 2)                     # channels-first for torch's conv
+        return F.glu(self.conv2(F.glu(self.conv1(x), dim=1)), dim=1).transpose(1, 2)
+
+
+def subsampled_lengths(lengths, kernel: int):
+    """encoder_length() on a tensor of feature lengths."""
+    for _ in range(2):
+        lengths = torch.clamp(torch.div(lengths - kernel, 2, rounding_mode="floor") + 1, min=0)
+    return lengths
+
+
+class EmformerLayer(nn.Module):
+    """One Emformer layer (torchaudio's design): LayerNorm -> attention of [right context,
+    utterance, summaries] over [memories, right context, (left context,) utterance] ->
+    residual -> LN-FFN -> residual -> LayerNorm. The summaries' attention outputs, clamped,
+    are the next layer's memories."""
+
+    def __init__(self, spec: EchoStreamSpec):
+        super().__init__()
+        D, eps = spec.embed_dim, spec.layer_norm_eps
+        self.use_memory = spec.use_memory
+        self.norm_in = nn.LayerNorm(D, eps=eps)
+        self.attention = MultiHeadAttention(D, D, spec.encoder_heads)
+        self.ffn_norm = nn.LayerNorm(D, eps=eps)
+        self.ffn = FeedForward(D, spec.encoder_ffn_dim, spec.dropout)
+        self.norm_out = nn.LayerNorm(D, eps=eps)
+        self.dropout = nn.Dropout(spec.dropout)
+
+    def forward(self, utterance, right_context, memory, mask, n_segments: int, left=None):
+        """utterance (B, U, D): n_segments equal segments; right_context (B, R', D);
+        memory (B, M', D); left (B, L', D): the normalised left-context frames when
+        streaming (in training they are part of the utterance). Returns the new
+        utterance, right context and memory, and the normalised utterance (the next
+        segment's left context)."""
+        B, U, D = utterance.shape
+        n_right = right_context.shape[1]
+        normed = self.norm_in(torch.cat([right_context, utterance], dim=1))
+        normed_right, normed_utterance = normed[:, :n_right], normed[:, n_right:]
+        queries = [normed_right, normed_utterance]
+        if self.use_memory:
+            queries.append(normed_utterance.reshape(B, n_segments, U // n_segments, D).mean(dim=2))
+        keys = [memory, normed_right] + ([left] if left is not None else []) + [normed_utterance]
+        out = self.attention(torch.cat(queries, dim=1), torch.cat(keys, dim=1), mask)
+        n = n_right + U
+        x = torch.cat([right_context, utterance], dim=1) + self.dropout(out[:, :n])
+        x = x + self.ffn(self.ffn_norm(x))
+        x = self.norm_out(x)
+        new_memory = torch.clamp(out[:, n:], -MEMORY_CLAMP, MEMORY_CLAMP)
+        return x[:, n_right:], x[:, :n_right], new_memory, normed_utterance
+
+
+def _checkpointed(layer: nn.Module, utterance, right_context, memory, mask, n_segments: int):
+    """One Emformer layer under torch's checkpoint: only its inputs are kept for backward."""
+    def run(utterance, right_context, memory):
+        return layer(utterance, right_context, memory, mask, n_segments)[:3]
+    return checkpoint(run, utterance, right_context, memory, use_reentrant=False)
+
+
+class EmformerEncoder(nn.Module):
+    def __init__(self, spec: EchoStreamSpec):
+        super().__init__()
+        self.spec = spec
+        self.subsample = ConvSubsampler(spec)
+        self.layers = nn.ModuleList([EmformerLayer(spec) for _ in range(spec.encoder_layers)])
+
+    def forward(self, features, feature_lengths, checkpoint_layers: bool = False):
+        """Parallel (training) forward: (B, T, n_mels), (B,) -> (B, T', D), (B,).
+        checkpoint_layers: keep only each Emformer layer's inputs for the backward pass."""
+        lengths = subsampled_lengths(feature_lengths, self.spec.subsample_kernel)
+        return self.encode_frames(self.subsample(features), lengths, checkpoint_layers), lengths
+
+    def encode_frames(self, x, lengths, checkpoint_layers: bool = False):
+        """The Emformer layers, all segments at once, on subsampled frames (B, T', D)
+        of which the first `lengths` (B,) are real."""
+        spec = self.spec
+        B, n_frames, D = x.shape
+        if n_frames == 0:
+            return x
+        S, R = spec.segment_length, spec.right_context
+        layout = emformer_layout(n_frames, spec)
+        N = layout.n_segments
+        x = F.pad(x, (0, 0, 0, N * S + R - n_frames))
+        utterance = x[:, :N * S]
+        right_context = x[:, constant(layout.right_context_frame, x).long()]
+        if spec.use_memory:
+            # Layer 0's memories: the mean of each segment's input frames (but the last).
+            memory = utterance[:, :(N - 1) * S].reshape(B, N - 1, S, D).mean(dim=2)
+        else:
+            memory = x.new_zeros((B, 0, D))
+        key_valid = constant(layout.key_frame, x)[None, :] < lengths[:, None]          # (B, K)
+        allowed = constant(layout.allowed, x)[None] & key_valid[:, None, :]            # (B, Q, K)
+        mask = torch.where(allowed, 0.0, NEG).to(x.dtype)[:, None]
+        for layer in self.layers:
+            if checkpoint_layers:
+                utterance, right_context, memory = _checkpointed(layer, utterance, right_context,
+                                                                 memory, mask, N)
+            else:
+                utterance, right_context, memory, _ = layer(utterance, right_context, memory, mask, N)
+            memory = memory[:, :N - 1]
+        return utterance[:, :n_frames]
+
+    # -- streaming -------------------------------------------------------------------
+    def init_stream(self) -> dict:
+        D, n = self.spec.embed_dim, len(self.layers)
+        device = self.subsample.conv1.weight.device
+        empty = torch.zeros((1, 0, D), device=device)
+        return {"features": torch.zeros((1, 0, self.spec.n_mels), device=device),  # not yet subsampled
+                "frames": empty,                                                    # not yet encoded
+                "memory": [empty] * n,                      # per layer, <= max_memory_size
+                "left": [empty] * n}                        # per layer, <= left_context
+
+    @torch.no_grad()
+    def stream_encode(self, chunk, state: dict):
+        spec = self.spec
+        S, R = spec.segment_length, spec.right_context
+        chunk = torch.as_tensor(chunk, dtype=torch.float32, device=state["features"].device)
+        features = torch.cat([state["features"], chunk], dim=1)
+        n_new = encoder_length(features.shape[1], spec)
+        frames = state["frames"]
+        if n_new:
+            # Encoder frame j reads feature frames 4j .. 4j + field - 1: convolve just the
+            # frames the new outputs need, keep those the next outputs will.
+            used = 4 * (n_new - 1) + spec.subsample_receptive_field
+            frames = torch.cat([frames, self.subsample(features[:, :used])], dim=1)
+            features = features[:, 4 * n_new:]
+        state = dict(state, features=features)
+        outputs = []
+        while frames.shape[1] >= S + R:
+            out, state = self._stream_segment(frames[:, :S], frames[:, S:S + R], state)
+            outputs.append(out)
+            frames = frames[:, S:]
+        return self._emit(outputs, dict(state, frames=frames))
+
+    @torch.no_grad()
+    def stream_finish(self, state: dict):
+        """Encode what is left once the utterance has ended (right contexts cut short)."""
+        S, R = self.spec.segment_length, self.spec.right_context
+        frames, outputs = state["frames"], []
+        while frames.shape[1] > 0:
+            out, state = self._stream_segment(frames[:, :S], frames[:, S:S + R], state)
+            outputs.append(out)
+            frames = frames[:, S:]
+        return self._emit(outputs, dict(state, frames=frames))
+
+    def _emit(self, outputs, state):
+        if outputs:
+            return torch.cat(outputs, dim=1), state
+        return state["frames"].new_zeros((1, 0, self.spec.embed_dim)), state
+
+    def _stream_segment(self, utterance, right_context, state):
+        """One segment through every layer with its memory bank and left context."""
+        spec = self.spec
+        memory_in = utterance.mean(dim=1, keepdim=True)  # layer 0's memory for this segment
+        banks, lefts = [], []
+        for layer, bank, left in zip(self.layers, state["memory"], state["left"]):
+            mask = constant(emformer_stream_mask(right_context.shape[1], utterance.shape[1],
+                                                 bank.shape[1], left.shape[1], spec.use_memory),
+                            utterance)
+            utterance, right_context, memory_out, normed = layer(utterance, right_context, bank,
+                                                                 mask, 1, left=left)
+            if spec.use_memory:
+                bank = keep_last(torch.cat([bank, memory_in], dim=1), spec.max_memory_size)
+            banks.append(bank)
+            lefts.append(keep_last(torch.cat([left, normed], dim=1), spec.left_context))
+            memory_in = memory_out
+        return utterance, dict(state, memory=banks, left=lefts)
+
+
+# -------------------------------------------------------------------------- heads
+class STCTCHead(nn.Module):
+    """Causal transformer layers over the encoder output, then a projection to the
+    target vocabulary (causal, so the head can stream with the encoder)."""
+
+    def __init__(self, spec: EchoStreamSpec):
+        super().__init__()
+        D = spec.embed_dim
+        self.layers = nn.ModuleList([TransformerLayer(D, spec.encoder_heads, spec.encoder_ffn_dim, spec)
+                                     for _ in range(spec.st_ctc_layers)])
+        self.norm = nn.LayerNorm(D, eps=spec.layer_norm_eps)
+        self.proj = nn.Linear(D, spec.tgt_vocab_size)
+
+    def forward(self, x):
+        mask = constant(causal_mask(x.shape[1]), x).to(x.dtype)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.proj(self.norm(x))
+
+    def stream(self, x, cache: list):
+        """Logits for new encoder frames x (B, m, D) that follow the frames whose keys and
+        values `cache` holds (one (k, v) per layer; extended in place): the same as
+        forward on the whole sequence, for these frames, without recomputing the prefix."""
+        for i, layer in enumerate(self.layers):
+            h = layer.self_attn_norm(x)
+            attn = layer.self_attn
+            k, v = attn.k_proj(h), attn.v_proj(h)
+            if i < len(cache):
+                k = torch.cat([cache[i][0], k], dim=1)
+                v = torch.cat([cache[i][1], v], dim=1)
+                cache[i] = (k, v)
+            else:
+                cache.append((k, v))
+            mask = constant(causal_mask(x.shape[1], past=k.shape[1] - x.shape[1]), x).to(x.dtype)
+            x = x + attn.attend(attn.q_proj(h), k, v, mask)
+            x = x + layer.ffn(layer.ffn_norm(x))
+        return self.proj(self.norm(x))
+
+
+class MTDecoder(nn.Module):
+    """Autoregressive transformer decoder over target tokens, cross-attending to the
+    encoder: scaled embeddings + sinusoidal positions, pre-norm layers, final norm."""
+
+    def __init__(self, spec: EchoStreamSpec):
+        super().__init__()
+        Dm = spec.mt_embed_dim
+        self.embed_tokens = nn.Embedding(spec.tgt_vocab_size, Dm)
+        self.layers = nn.ModuleList([TransformerLayer(Dm, spec.mt_heads, spec.mt_ffn_dim, spec,
+                                                      cross_dim=spec.embed_dim)
+                                     for _ in range(spec.mt_layers)])
+        self.norm = nn.LayerNorm(Dm, eps=spec.layer_norm_eps)
+        self.out_proj = nn.Linear(Dm, spec.tgt_vocab_size, bias=False)
+        self.dropout = nn.Dropout(spec.dropout)
+        self.embed_scale = math.sqrt(Dm)
+
+    def forward(self, tokens, encoder_out, encoder_mask):
+        """tokens (B, L) -> logits (B, L, V) and the final states (B, L, Dm)."""
+        L = tokens.shape[1]
+        x = self.embed_tokens(tokens.long()) * self.embed_scale
+        x = self.dropout(x + constant(sinusoidal_positions(L, x.shape[-1]), x).to(x.dtype))
+        mask = constant(causal_mask(L), x).to(x.dtype)
+        for layer in self.layers:
+            x = layer(x, mask, encoder_out, encoder_mask)
+        states = self.norm(x)
+        return self.out_proj(states), states
+
+
+class UnitDecoder(nn.Module):
+    """Non-autoregressive unit decoder: every MT state repeated unit_upsample times,
+    projected, sinusoidal positions (the copies must differ), non-causal layers, CTC
+    projection to the n_units + 1 unit ids."""
+
+    def __init__(self, spec: EchoStreamSpec):
+        super().__init__()
+        Du = spec.unit_embed_dim
+        self.upsample = spec.unit_upsample
+        self.in_proj = nn.Linear(spec.mt_embed_dim, Du)
+        self.layers = nn.ModuleList([TransformerLayer(Du, spec.unit_heads, spec.unit_ffn_dim, spec)
+                                     for _ in range(spec.unit_layers)])
+        self.norm = nn.LayerNorm(Du, eps=spec.layer_norm_eps)
+        self.out_proj = nn.Linear(Du, spec.unit_vocab_size)
+        self.dropout = nn.Dropout(spec.dropout)
+
+    def forward(self, states, state_lengths):
+        """states (B, L, Dm), (B,) valid states -> logits (B, L * upsample, n_units + 1), (B,)."""
+        x = self.in_proj(torch.repeat_interleave(states, self.upsample, dim=1))
+        n = x.shape[1]
+        x = self.dropout(x + constant(sinusoidal_positions(n, x.shape[-1]), x).to(x.dtype))
+        lengths = state_lengths * self.upsample
+        mask = padding_mask(lengths, n, x.dtype)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.out_proj(self.norm(x)), lengths
+
+
+# -------------------------------------------------------------------------- model
+class EchoStream(nn.Module):
+    def __init__(self, spec: EchoStreamSpec):
+        super().__init__()
+        self.spec = spec
+        self.encoder = EmformerEncoder(spec)
+        self.asr_ctc = nn.Linear(spec.embed_dim, spec.src_vocab_size)
+        self.st_ctc = STCTCHead(spec)
+        self.mt_decoder = MTDecoder(spec)
+        self.unit_decoder = UnitDecoder(spec)
+        # Set by the trainer: recompute each Emformer layer in the backward pass instead of
+        # storing its activations (the heads are small next to the encoder).
+        self.checkpoint_activations = False
+
+    def encode(self, features, feature_lengths):
+        """(B, T, n_mels), (B,) -> encoder frames (B, T', D), lengths (B,)."""
+        return self.encoder(features, feature_lengths, self.checkpoint_activations and self.training)
+
+    def forward(self, batch) -> dict:
+        """Teacher-forced logits of every head for a training batch (see loss_terms)."""
+        encoder_out, lengths = self.encode(batch["features"], batch["feature_lengths"])
+        encoder_mask = padding_mask(lengths, encoder_out.shape[1], encoder_out.dtype)
+        mt_logits, states = self.mt_decoder(batch["prev_output_tokens"], encoder_out, encoder_mask)
+        # The states of [BOS] + target: one per target token and one for EOS.
+        unit_logits, unit_lengths = self.unit_decoder(states, batch["tgt_lengths"] + 1)
+        return {"encoder_lengths": lengths, "asr_logits": self.asr_ctc(encoder_out),
+                "st_logits": self.st_ctc(encoder_out), "mt_logits": mt_logits,
+                "unit_logits": unit_logits, "unit_lengths": unit_lengths}
+
+    # -- streaming encoder -----------------------------------------------------------
+    def init_stream(self) -> dict:
+        return self.encoder.init_stream()
+
+    def stream_encode(self, features_chunk, state: dict):
+        """(1, n, n_mels) new feature frames (any n) -> (1, m, D) newly final encoder
+        frames (m may be 0) and the new state."""
+        return self.encoder.stream_encode(features_chunk, state)
+
+    def stream_finish(self, state: dict):
+        return self.encoder.stream_finish(state)
+
+    # -- inference -------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, batch, max_target_len: int = 200) -> dict:
+        """Greedy outputs of every head (call in eval mode). mt_tokens end with EOS, then
+        PAD; the unit decoder runs on the MT states of the greedy output."""
+        encoder_out, lengths = self.encode(batch["features"], batch["feature_lengths"])
+        return self.decode_encoded(encoder_out, lengths, max_target_len)
+
+    def decode_encoded(self, encoder_out, lengths, max_target_len: int = 200) -> dict:
+        """decode() from encoder frames (B, T', D) and their lengths (B,): the streaming
+        CLI's encoder output goes straight to the heads."""
+        encoder_mask = padding_mask(lengths, encoder_out.shape[1], encoder_out.dtype)
+        B, device = encoder_out.shape[0], encoder_out.device
+        tokens = torch.full((B, 1), BOS, dtype=torch.int32, device=device)
+        finished = torch.zeros((B,), dtype=torch.bool, device=device)
+        never = torch.arange(self.spec.tgt_vocab_size, device=device) == PAD   # PAD is never predicted
+        outputs = []
+        for _ in range(max(max_target_len, 1)):
+            logits, states = self.mt_decoder(tokens, encoder_out, encoder_mask)
+            last = torch.where(never, -torch.inf, logits[:, -1].float())
+            next_token = torch.where(finished, PAD, torch.argmax(last, dim=-1).to(torch.int32))
+            outputs.append(next_token)
+            finished = finished | (next_token == EOS)
+            if bool(finished.all()) or len(outputs) == max_target_len:
+                break
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+        mt_tokens = torch.stack(outputs, dim=1)
+        # `states` are those of [BOS] + mt_tokens[:, :-1] (the last loop step): valid up
+        # to and including the step that produced EOS, as in training.
+        is_eos = mt_tokens == EOS
+        first_eos = torch.argmax(is_eos.to(torch.int32), dim=1)
+        n_states = torch.where(is_eos.any(dim=1), first_eos + 1, mt_tokens.shape[1])
+        unit_logits, unit_lengths = self.unit_decoder(states, n_states.to(torch.int32))
+        return {"encoder_lengths": lengths,
+                "asr_ctc_argmax": torch.argmax(self.asr_ctc(encoder_out), dim=-1).to(torch.int32),
+                "st_ctc_argmax": torch.argmax(self.st_ctc(encoder_out), dim=-1).to(torch.int32),
+                "mt_tokens": mt_tokens,
+                "unit_ctc_argmax": torch.argmax(unit_logits, dim=-1).to(torch.int32),
+                "unit_lengths": unit_lengths.to(torch.int32)}
+
+
+def label_smoothed_cross_entropy(logits, target, smoothing: float):
+    """Mean over non-PAD targets of (1 - e) * nll + e * mean over classes of -log p:
+    torch's F.cross_entropy(label_smoothing=e, ignore_index=PAD), written out like the
+    MLX side."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    nll = -torch.gather(logp, -1, target[..., None].long())[..., 0]
+    per_token = (1.0 - smoothing) * nll - smoothing * logp.mean(dim=-1)
+    valid = (target != PAD).float()
+    return (per_token * valid).sum() / torch.clamp(valid.sum(), min=1.0)
+
+
+def _ctc(logits, targets, input_lengths, target_lengths):
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    return ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=BLANK,
+                    reduction="mean", zero_infinity=True)
+
+
+def loss_terms(model: EchoStream, batch) -> dict:
+    """{"loss": weighted total, "asr_ctc", "st_ctc", "mt", "unit_ctc"} on a batch dict
+    (keys in shared/specs/echostream.py's contract)."""
+    spec, out = model.spec, model(batch)
+    terms = {
+        "asr_ctc": _ctc(out["asr_logits"], batch["src_tokens"], out["encoder_lengths"], batch["src_lengths"]),
+        "st_ctc": _ctc(out["st_logits"], batch["tgt_tokens"], out["encoder_lengths"], batch["tgt_lengths"]),
+        "mt": label_smoothed_cross_entropy(out["mt_logits"], batch["target"], spec.label_smoothing),
+        "unit_ctc": _ctc(out["unit_logits"], batch["units"], out["unit_lengths"], batch["unit_lengths"]),
+    }
+    total = (spec.asr_ctc_weight * terms["asr_ctc"] + spec.st_ctc_weight * terms["st_ctc"]
+             + spec.mt_weight * terms["mt"] + spec.unit_weight * terms["unit_ctc"])
+    return {"loss": total, **terms}
+
+
+def loss(model: EchoStream, batch):
+    return loss_terms(model, batch)["loss"]
