@@ -5,6 +5,8 @@ shared/memory.py uses for the MLX backend. Rerun when MLX changes.
     python bench/calibrate_memory.py --controlled bf16
     python bench/calibrate_memory.py --out rows.jsonl      # random designed configs...
     python bench/calibrate_memory.py --fit rows.jsonl      # ...and how the coefficients do
+    python bench/calibrate_memory.py --family echostream   # EchoStream's coefficients
+    python bench/calibrate_memory.py --family bandsplit    # the band-split separator's
 
 --controlled measures, for several base shapes, depth 4 and depth 8 with and without
 activation checkpointing. The depth difference isolates one block's saved activations;
@@ -191,9 +193,96 @@ def controlled(precision: str) -> dict:
     return fitted
 
 
+# ------------------------------------------------------------------------- other families
+# Overrides of a base config per family: batch, lengths, widths, depth, checkpointing.
+FAMILY_DESIGNS = {
+    "echostream": ("configs/m2_8gb.yaml", [
+        {}, {"train.batch_size": 1}, {"train.batch_size": 4}, {"data.max_duration": 5.0},
+        {"data.max_duration": 20.0, "data.max_tokens": 5000, "train.batch_size": 1},
+        {"model.encoder_layers": 8}, {"model.src_vocab_size": 12000}, {"model.tgt_vocab_size": 4000},
+        {"model.n_units": 3000}, {"model.unit_upsample": 20}, {"model.encoder_ffn_dim": 2048},
+        {"model.embed_dim": 256, "model.encoder_heads": 4}, {"model.segment_length": 64},
+        {"train.gradient_checkpointing": True},
+        {"train.gradient_checkpointing": True, "model.encoder_layers": 8},
+        {"model.subsample_channels": 384}, {"train.precision": "bf16", "data.max_duration": 5.0},
+        {"model.embed_dim": 96, "model.encoder_layers": 2, "model.encoder_ffn_dim": 256,  # the demo's shape
+         "model.subsample_channels": 192, "model.src_vocab_size": 40, "model.tgt_vocab_size": 40,
+         "model.n_units": 100, "model.mt_embed_dim": 64, "model.mt_layers": 1, "model.mt_ffn_dim": 128,
+         "model.unit_embed_dim": 64, "model.unit_layers": 1, "model.unit_ffn_dim": 128,
+         "model.unit_upsample": 8, "train.batch_size": 4},
+    ]),
+    "bandsplit": ("configs/bandsplit_demo.yaml", [
+        {}, {"train.batch_size": 1}, {"train.batch_size": 8}, {"data.segment_seconds": 2.0},
+        {"model.hidden": 64}, {"model.n_layers": 4}, {"model.chunk_size": 32}, {"model.d_state": 32},
+        {"model.expand": 4}, {"model.mask_mlp_hidden": 256}, {"train.gradient_checkpointing": True},
+        {"train.gradient_checkpointing": True, "model.n_layers": 4},
+        {"model.sequence_layer": "transformer"},
+        {"model.sequence_layer": "transformer", "data.segment_seconds": 2.0},
+        {"model.sequence_layer": "transformer", "model.ffn_mult": 4, "model.hidden": 64},
+        {"model.sequence_layer": "transformer", "train.gradient_checkpointing": True},
+        {"train.precision": "bf16"},
+    ]),
+}
+
+
+def calibrate_family(family: str) -> dict:
+    """Measure MLX's peak over the family's design and fit its coefficients in
+    shared/memory.py (non-negative least squares on the activation part: peak minus
+    weights, AdamW state, gradients and buffers, rows weighted by 1 / activation bytes)."""
+    import gc
+
+    import mlx.core as mx
+    from scipy.optimize import nnls
+
+    from mlx_models.trainer import Trainer
+    from shared import memory
+    from shared.config import load_config
+    from shared.synthetic import longest_utterance_seconds, random_batch
+
+    base, design = FAMILY_DESIGNS[family]
+    coefficients = {"echostream": memory.ECHO_COEFFICIENTS, "bandsplit": memory.BANDSPLIT_COEFFICIENTS}[family]
+    kinds = list(coefficients["mlx"])
+    X, y = [], []
+    for overrides in design:
+        config = memory.with_overrides(load_config(base), {"train.gradient_accumulation_steps": 1} | overrides)
+        trainer = Trainer(config.model, config.train)
+        batch = random_batch(config, config.train.batch_size, np.random.default_rng(0))
+        trainer.train_step([batch], 1e-4)
+        gc.collect()
+        mx.reset_peak_memory()
+        trainer.train_step([batch], 1e-4)
+        peak = mx.get_peak_memory()
+        del trainer
+        gc.collect()
+        p = memory.plan(config, "mlx")
+        static = sum(t.bytes for t in p.terms if not t.name.startswith("activations"))
+        tc = config.train
+        if family == "echostream":
+            act = memory.echostream_activation_elements(
+                config.model, tc.batch_size, longest_utterance_seconds(config, tc.batch_size),
+                tc.gradient_checkpointing)
+        else:
+            act = memory.bandsplit_activation_elements(config.model, tc.batch_size,
+                                                       config.data.segment_samples, tc.gradient_checkpointing)
+        totals = {k: sum(part.get(k, 0) for part in act["parts"].values()) for k in kinds}
+        X.append([4 * totals[k] for k in kinds])
+        y.append(peak - static)
+        print(f"{json.dumps(overrides)[:70]:<70} measured {peak / 1e6:8.1f} MB, planner now "
+              f"{p.peak_bytes / 1e6:8.1f} MB ({p.peak_bytes / peak - 1:+.1%})", flush=True)
+    X, y = np.array(X), np.array(y)
+    coef, _ = nnls(X / y[:, None], np.ones(len(y)))
+    fitted = {k: round(float(c), 2) for k, c in zip(kinds, coef)}
+    print(f'"mlx": {json.dumps(fitted)},')
+    err = X @ coef / y - 1
+    print(f"activation fit error {err.min():+.1%} .. {err.max():+.1%}")
+    return fitted
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--controlled", choices=["fp32", "bf16"], help="the controlled calibration")
+    p.add_argument("--family", choices=list(FAMILY_DESIGNS),
+                   help="measure and fit this family's coefficients")
     p.add_argument("--out", help="measure the design and append rows to this JSONL file")
     p.add_argument("--fit", help="fit coefficients from this JSONL file")
     p.add_argument("--n", type=int, default=80)
@@ -202,6 +291,9 @@ def main() -> None:
     if args.controlled:
         import mlx_models  # noqa: F401  (optimized BLAS before mlx.core)
         controlled(args.controlled)
+    if args.family:
+        import mlx_models  # noqa: F401  (optimized BLAS before mlx.core)
+        calibrate_family(args.family)
     if args.out:
         import mlx_models  # noqa: F401  (optimized BLAS before mlx.core)
         with open(args.out, "a") as f:

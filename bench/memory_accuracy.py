@@ -43,6 +43,19 @@ SCALED = {
         "data.sample_rate": 8000, "data.segment_seconds": 0.5, "model.n_fft": 256, "model.hop": 64,
         "model.emb_dim": 32, "model.n_heads": 4, "model.n_layers": 2, "model.ffn_hidden_dim": (64, 64),
         "train.batch_size": 2, "train.gradient_accumulation_steps": 1}),
+    "bandsplit_demo": ("configs/bandsplit_demo.yaml", {}),
+    "bandsplit_32gb (bf16, checkpointing, scaled)": ("configs/bandsplit_32gb.yaml", {
+        "data.sample_rate": 8000, "data.segment_seconds": 1.0, "model.n_fft": 256, "model.hop": 64,
+        "model.hidden": 32, "model.n_layers": 2, "model.d_state": 16, "model.head_dim": 16,
+        "model.chunk_size": 16, "train.gradient_accumulation_steps": 2}),
+    "bandsplit_full (bf16, scaled)": ("configs/bandsplit_full.yaml", {
+        "data.sample_rate": 8000, "data.segment_seconds": 1.0, "model.n_fft": 256, "model.hop": 64,
+        "model.hidden": 32, "model.n_layers": 2, "model.d_state": 16, "model.head_dim": 16,
+        "model.chunk_size": 16, "train.batch_size": 2, "train.gradient_accumulation_steps": 2}),
+    "m2_8gb (EchoStream, accumulation 2)": ("configs/m2_8gb.yaml", {"train.gradient_accumulation_steps": 2}),
+    "echostream_full (bf16, scaled)": ("configs/echostream_full.yaml", {
+        "model.encoder_layers": 4, "train.batch_size": 2, "data.max_tokens": 1000}),
+    "echostream_demo": ("configs/echostream_demo.yaml", {}),
     "cuda_lm (on MLX)": ("configs/cuda_lm.yaml", {
         "model.vocab_size": 2048, "model.hidden_size": 256, "model.num_layers": 4,
         "model.num_heads": 4, "model.num_kv_heads": 1, "model.intermediate_size": 1024,
@@ -71,17 +84,10 @@ def measure_peak(config) -> int:
     import numpy as np
 
     from mlx_models.trainer import Trainer
+    from shared.synthetic import random_batch
 
     trainer = Trainer(config.model, config.train)
-    rng = np.random.default_rng(0)
-    if config.family == "lm":
-        batch = rng.integers(0, config.model.vocab_size,
-                             (config.train.batch_size, config.seq_length + 1)).astype(np.int32)
-    else:
-        m = config.model
-        sources = (rng.standard_normal((config.train.batch_size, m.n_sources, m.audio_channels,
-                                        config.data.segment_samples)) * 0.1).astype(np.float32)
-        batch = {"mixture": sources.sum(axis=1), "sources": sources}
+    batch = random_batch(config, config.train.batch_size, np.random.default_rng(0))
     micro = [batch] * config.train.gradient_accumulation_steps
     trainer.train_step(micro, 1e-4)
     gc.collect()

@@ -43,6 +43,7 @@ from shared.sampling import sample_next
 from shared.specs import get_family
 from shared.specs.base import SpecError
 from shared.specs.lm import lm_train_flops_per_token
+from shared.synthetic import audio_seconds_per_sample, random_batch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,46 +55,39 @@ class BenchFamily:
     name: str
     default_configs: list[str]
     unit: str                                              # what throughput counts
-    step_batches: Callable[[RunConfig, np.random.Generator], list[np.ndarray]]
+    step_batches: Callable[[RunConfig, np.random.Generator], list]
     units_per_step: Callable[[RunConfig], float]
     flops_per_unit: Callable[[RunConfig], float] | None    # training FLOPs per unit
     inference: str | None = None     # a key of INFERENCE: how the trained model is used
 
 
-def _lm_batches(config: RunConfig, rng) -> list[np.ndarray]:
-    """One optimizer step's micro-batches: (batch, seq+1) random tokens of the vocab."""
-    tc = config.train
-    shape = (tc.batch_size, config.seq_length + 1)
-    return [rng.integers(0, config.model.vocab_size, shape).astype(np.int32)
-            for _ in range(tc.gradient_accumulation_steps)]
-
-
-def _separation_batches(config: RunConfig, rng) -> list[dict[str, np.ndarray]]:
-    """One optimizer step's micro-batches of random stems and their mixture."""
-    tc, spec = config.train, config.model
-    shape = (tc.batch_size, spec.n_sources, spec.audio_channels, config.data.segment_samples)
-    batches = []
-    for _ in range(tc.gradient_accumulation_steps):
-        sources = (0.1 * rng.standard_normal(shape)).astype(np.float32)
-        batches.append({"mixture": sources.sum(axis=1), "sources": sources})
-    return batches
+def _step_batches(config: RunConfig, rng) -> list:
+    """One optimizer step's micro-batches of random data (shared/synthetic.py)."""
+    return [random_batch(config, config.train.batch_size, rng)
+            for _ in range(config.train.gradient_accumulation_steps)]
 
 
 def _audio_seconds_per_step(config: RunConfig) -> float:
     tc = config.train
-    return tc.batch_size * tc.gradient_accumulation_steps * config.data.segment_seconds
+    return tc.batch_size * tc.gradient_accumulation_steps * audio_seconds_per_sample(config)
 
 
 FAMILIES: dict[str, BenchFamily] = {
     "lm": BenchFamily(
-        "lm", ["configs/tiny.yaml"], "tokens", _lm_batches,
+        "lm", ["configs/tiny.yaml"], "tokens", _step_batches,
         units_per_step=lambda c: c.train.batch_size * c.train.gradient_accumulation_steps * c.seq_length,
         flops_per_unit=lambda c: lm_train_flops_per_token(c.model, c.seq_length),
         inference="generation"),
     # Separators count audio seconds; their FLOPs are not modelled (no MFU).
     "tflocoformer": BenchFamily(
-        "tflocoformer", ["configs/musdb18_demo.yaml"], "audio_s", _separation_batches,
+        "tflocoformer", ["configs/musdb18_demo.yaml"], "audio_s", _step_batches,
         units_per_step=_audio_seconds_per_step, flops_per_unit=None, inference="separation"),
+    "bandsplit": BenchFamily(
+        "bandsplit", ["configs/bandsplit_demo.yaml"], "audio_s", _step_batches,
+        units_per_step=_audio_seconds_per_step, flops_per_unit=None, inference="separation"),
+    "echostream": BenchFamily(
+        "echostream", ["configs/echostream_demo.yaml"], "audio_s", _step_batches,
+        units_per_step=_audio_seconds_per_step, flops_per_unit=None, inference="streaming"),
 }
 
 
@@ -175,6 +169,36 @@ class Backend:
         return {"audio_seconds": mixture.shape[1] / sample_rate, "chunk_seconds": chunk / sample_rate,
                 "metric": "x real time", "value": spread(speed)}
 
+    def streaming(self, spec, seed: int, utterance_seconds: list[float], chunk_ms: int,
+                  repeats: int) -> dict:
+        """Per-chunk latency of streaming translation (as the stream CLI: features, the
+        Emformer step, the CTC heads) for utterances of each length: the encoder's cost
+        per chunk must not grow with the utterance. First of repeats + 1 runs: warm-up."""
+        from shared.audio.fbank import CMVN
+        from shared.stream_cli import SAMPLE_RATE, stream
+        model = self.models.build_model(spec, seed)
+        identity = CMVN(np.zeros(spec.n_mels), np.ones(spec.n_mels))
+        rng = np.random.default_rng(seed)
+        by_length = {}
+        for seconds in utterance_seconds:
+            audio = (0.1 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
+            chunk_ms_runs, encoder_ms_runs, last_ms_runs = [], [], []
+            for rep in range(repeats + 1):
+                timing = stream(self.stream_session(model), audio, identity, SAMPLE_RATE * chunk_ms // 1000)
+                if rep:
+                    chunk_ms_runs.append(statistics.mean(timing["chunk_ms"]))
+                    encoder_ms_runs.append(statistics.mean(timing["encoder_ms"]))
+                    # The last tenth of the chunks: where a prefix-recomputing encoder is slowest.
+                    tail = timing["encoder_ms"][-max(1, len(timing["encoder_ms"]) // 10):]
+                    last_ms_runs.append(statistics.mean(tail))
+            by_length[f"{seconds:g}s"] = {"chunks": timing["chunks"], "chunk_ms": spread(chunk_ms_runs),
+                                          "encoder_ms": spread(encoder_ms_runs),
+                                          "encoder_ms_last_tenth": spread(last_ms_runs)}
+        longest = by_length[f"{max(utterance_seconds):g}s"]
+        return {"chunk_ms_setting": chunk_ms, "by_utterance_length": by_length,
+                "metric": f"ms/chunk ({max(utterance_seconds):g} s utterance)",
+                "value": longest["chunk_ms"]}
+
 
 class MLXBackend(Backend):
     name = "mlx"
@@ -239,6 +263,11 @@ class MLXBackend(Backend):
         from mlx_models.separate import chunk_runner
         return chunk_runner(model)
 
+    def stream_session(self, model):
+        from mlx_models.stream import StreamSession
+        model.eval()
+        return StreamSession(model)
+
 
 class TorchBackend(Backend):
     name = "torch"
@@ -288,6 +317,10 @@ class TorchBackend(Backend):
     def chunk_runner(self, model):
         from torch_models.separate import chunk_runner
         return chunk_runner(model, self.dev)
+
+    def stream_session(self, model):
+        from torch_models.stream import StreamSession
+        return StreamSession(model.to(self.dev).eval(), self.dev)
 
 
 BACKENDS = {"mlx": MLXBackend, "torch": TorchBackend}
@@ -439,7 +472,17 @@ def bench_separation(config: RunConfig, workers: dict, args) -> dict:
             for name, w in workers.items()}
 
 
-INFERENCE = {"generation": bench_generation, "separation": bench_separation}
+def bench_streaming(config: RunConfig, workers: dict, args) -> dict:
+    """Random speech-like noise of each --stream-seconds length, fed in --chunk-ms chunks."""
+    if not args.stream_seconds:
+        return {}
+    return {name: w.call("streaming", config.model, config.train.seed, args.stream_seconds,
+                         args.chunk_ms, args.repeats)
+            for name, w in workers.items()}
+
+
+INFERENCE = {"generation": bench_generation, "separation": bench_separation,
+             "streaming": bench_streaming}
 
 
 def ratios(run: dict) -> dict | None:
@@ -509,6 +552,13 @@ def markdown(report: dict) -> str:
                 metric = run["inference"]["mlx"]["metric"]
                 text += f"; MLX/torch {metric} = {rt['mlx_over_torch_inference']:.2f}x"
             notes.append(text)
+        for name, inf in run.get("inference", {}).items():
+            if "by_utterance_length" in inf:
+                per = ", ".join(f"{length}: {r['chunk_ms']['median']:.1f} ms/chunk (encoder "
+                                f"{r['encoder_ms']['median']:.1f}, last tenth "
+                                f"{r['encoder_ms_last_tenth']['median']:.1f})"
+                                for length, r in inf["by_utterance_length"].items())
+                notes.append(f"{run['model']} {name} streaming, {inf['chunk_ms_setting']} ms chunks: {per}")
     env, settings = report["environment"], report["settings"]
     mlx_env, torch_env = env.get("mlx", {}), env.get("torch", {})
     notes.append(f"{settings['repeats']} blocks of {settings['steps']} steps after "
@@ -571,6 +621,10 @@ def parse_args(argv=None):
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--audio-seconds", type=float, default=10.0,
                    help="audio to separate for the separation speed (0: skip)")
+    p.add_argument("--stream-seconds", type=lambda s: [float(x) for x in s.split(",") if x],
+                   default=[5.0, 60.0], help="EchoStream utterance lengths for per-chunk latency "
+                                             "(default 5,60; empty: skip)")
+    p.add_argument("--chunk-ms", type=int, default=320, help="EchoStream streaming chunk")
     p.add_argument("--hardware", help="shared/hardware.py profile for MFU (default: detected)")
     p.add_argument("--threads", type=int, help="CPU threads for torch and for MLX's BLAS "
                                                 "(default: the libraries' own, all cores)")

@@ -8,6 +8,7 @@ import numpy as np
 from mlx_models.trainer import Trainer
 from shared.batch_finder import OutOfMemory, main
 from shared.memory import with_overrides
+from shared.synthetic import random_batch
 
 
 def make_probe(config):
@@ -17,11 +18,10 @@ def make_probe(config):
         mx.clear_cache()
         try:
             trainer = Trainer(cfg.model, cfg.train)
-            tokens = np.random.default_rng(0).integers(
-                0, cfg.model.vocab_size, (batch, cfg.seq_length + 1)).astype(np.int32)
+            micro = random_batch(cfg, batch, np.random.default_rng(0))
             mx.reset_peak_memory()
             for _ in range(2):  # the second step runs with the optimizer state allocated
-                trainer.train_step([tokens], cfg.train.learning_rate)
+                trainer.train_step([micro], cfg.train.learning_rate)
             return mx.get_peak_memory()
         except RuntimeError as e:  # MLX reports a failed allocation as RuntimeError
             if "memory" in str(e).lower() or "alloc" in str(e).lower():

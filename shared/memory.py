@@ -278,9 +278,222 @@ def plan_tflocoformer(spec, train, samples: int, backend: str, attention: str) -
                       calibrated=backend == "mlx")
 
 
+# ----------------------------------------------------------------------------- band-split
+# Elements MLX keeps per activation of each kind, fitted like EchoStream's
+# (bench/calibrate_memory.py --family bandsplit). Per (frame, band) token: "hidden" x width,
+# "inner" x Mamba2's expanded width, "ssd" x the chunked scan's within-chunk scores and
+# carried states, "ffn" x the transformer FFN width, "scores" per attention score, "mask"
+# x the mask MLP width; "spectrum" per complex mask / spectrum value; "audio" per sample
+# of estimates and references (STFT loss, iSTFT).
+BANDSPLIT_COEFFICIENTS = {
+    "mlx": {"hidden": 9.84, "inner": 3.68, "ssd": 7.32, "ffn": 4.71, "scores": 1.89, "mask": 7.36,
+            "spectrum": 0.0, "audio": 43.97},
+    # torch: derived from the saved-tensor list, not yet calibrated on a GPU.
+    "torch": {"hidden": 10.0, "inner": 6.0, "ssd": 2.0, "ffn": 3.0, "scores": 2.0, "mask": 3.0,
+              "spectrum": 6.0, "audio": 48.0},
+}
+
+
+def bandsplit_activation_elements(spec, batch: int, samples: int, checkpointing: bool,
+                                  attention: str = "math") -> dict:
+    """Activation elements of one band-split training step, by kind and part. Each
+    DualPathModule runs a sequence layer along time (B x bands sequences of frames) and
+    one along the bands (B x frames sequences of bands)."""
+    B, K, Hd = batch, spec.n_bands, spec.hidden
+    T = 1 + samples // spec.hop
+    tokens = B * T * K
+    if spec.sequence_layer == "mamba2":
+        heads, q = spec.mamba_heads, spec.chunk_size
+        # Bidirectional: two mixers per sequence layer; the scan keeps chunk x chunk decays
+        # and scores per head, and one d_state x head_dim state per chunk and head.
+        per_path = {"hidden": 2 * tokens * Hd, "inner": 2 * tokens * spec.conv_channels,
+                    "ssd": 2 * tokens * heads * (q + spec.head_dim * spec.d_state / q)}
+        path_time = path_band = per_path
+    else:
+        fused = attention == "flash"
+        heads = spec.n_heads
+        base = {"hidden": tokens * Hd, "ffn": tokens * Hd * spec.ffn_mult}
+        path_time = base | {"scores": 0 if fused else B * K * heads * T * T}
+        path_band = base | {"scores": 0 if fused else B * T * heads * K * K}
+    module = {kind: path_time.get(kind, 0) + path_band.get(kind, 0) for kind in {*path_time, *path_band}}
+    if checkpointing:   # module inputs kept, one module's activations alive at a time
+        blocks = {kind: v for kind, v in module.items()}
+        blocks["hidden"] = blocks.get("hidden", 0) + spec.n_layers * tokens * Hd / 10.0
+    else:
+        blocks = {kind: v * spec.n_layers for kind, v in module.items()}
+    spectrum = B * T * spec.n_freq * spec.audio_channels * 2
+    parts = {
+        "band split": {"hidden": tokens * Hd, "spectrum": spectrum},
+        "dual-path modules": blocks,
+        "mask estimation": {"mask": tokens * spec.mask_hidden,
+                            "spectrum": spectrum * spec.n_sources * 2},
+        "STFT loss and iSTFT": {"audio": B * spec.n_sources * spec.audio_channels * samples},
+    }
+    shapes = {"B": B, "frames": T, "bands": K, "tokens": tokens, "heads": heads}
+    return {"parts": parts, "shapes": shapes}
+
+
+def plan_bandsplit(config, backend: str, attention: str) -> MemoryPlan:
+    from shared.specs.bandsplit import bandsplit_param_counts
+
+    spec, train = config.model, config.train
+    n = bandsplit_param_counts(spec)["total"]
+    coef = BANDSPLIT_COEFFICIENTS[backend]
+    c = _bytes(train.precision)
+    # MLX under bf16 keeps ~78 % of its float32 activation bytes (measured: the scan, the
+    # masks and the STFT domain stay float32), i.e. ~3.1 bytes per element.
+    act_bytes = (4 if c == 4 else 3.1) if backend == "mlx" else c
+    samples = config.data.segment_samples
+    act = bandsplit_activation_elements(spec, train.batch_size, samples, train.gradient_checkpointing,
+                                        attention)
+    sh = act["shapes"]
+    terms = [
+        Term("weights", 4 * n, f"{n:,} parameters, float32"),
+        Term("optimizer state", 8 * n, "AdamW, float32"),
+        Term("gradients", 4 * n, "float32"),
+    ]
+    if train.gradient_accumulation_steps > 1 and backend == "mlx":
+        terms.append(Term("accumulation buffer", 4 * n, "running sum of micro-batch gradients"))
+    if c == 2:
+        terms.append(Term("low-precision weight copies", 2 * n, "bf16 casts"))
+    details = {"band split": f"{sh['B']} x {sh['frames']} frames x {sh['bands']} bands",
+               "dual-path modules": f"{spec.n_layers} x ({spec.sequence_layer} along time, then bands)"
+                                    + (", checkpointed" if train.gradient_checkpointing else ""),
+               "mask estimation": f"{sh['bands']} band MLPs of {spec.mask_hidden}, complex masks",
+               "STFT loss and iSTFT": "multi-resolution STFTs of estimates and references"}
+    for part, elements in act["parts"].items():
+        terms.append(Term(f"activations: {part}",
+                          act_bytes * sum(coef[kind] * v for kind, v in elements.items()), details[part]))
+    terms.append(Term("framework overhead", 0.5 * GB if backend == "torch" else 0.0,
+                      "CUDA context" if backend == "torch" else "only live arrays count"))
+    B, T, K = sh["B"], sh["frames"], sh["bands"]
+    candidates = [Allocation("band features", (B, T, K, spec.hidden), B * T * K * spec.hidden * act_bytes),
+                  Allocation("mask MLP hidden (all bands)", (B, T, K, spec.mask_hidden),
+                             B * T * K * spec.mask_hidden * act_bytes)]
+    if spec.sequence_layer == "transformer" and attention != "flash":
+        candidates.append(Allocation("time-layer attention scores", (B * K, spec.n_heads, T, T),
+                                     B * K * spec.n_heads * T * T * c))
+    if spec.sequence_layer == "mamba2":
+        candidates.append(Allocation("Mamba2 in-projection (time layer)", (B * K, T, spec.conv_channels),
+                                     B * K * T * spec.conv_channels * act_bytes))
+    return MemoryPlan(backend, terms, max(candidates, key=lambda a: a.bytes), calibrated=backend == "mlx")
+
+
+# ----------------------------------------------------------------------------- EchoStream
+# Elements MLX keeps per activation of each kind, fitted to mx.get_peak_memory() over a
+# designed set of shapes (bench/calibrate_memory.py --family echostream): "hidden" per
+# row x model width, "ffn" per row x FFN width, "scores" per attention score, "logits" per
+# output logit (softmax, its gradient), "ctc" per CTC lattice cell (MLX's forward
+# algorithm keeps every frame's alphas), "frames" per fbank value (the features and the
+# subsampler's activations, which scale with them; a separate subsampler-width term fitted
+# to zero).
+ECHO_COEFFICIENTS = {
+    "mlx": {"hidden": 11.68, "ffn": 2.46, "scores": 1.32, "logits": 0.8, "ctc": 8.07, "frames": 2.65},
+    # torch: derived from the saved-tensor list, not yet calibrated on a GPU.
+    "torch": {"hidden": 10.0, "ffn": 2.0, "scores": 2.0, "logits": 2.0, "ctc": 4.0, "frames": 3.0},
+}
+
+
+def echostream_activation_elements(spec, batch: int, seconds: float, checkpointing: bool) -> dict:
+    """Activation elements of one EchoStream training step, by kind (see
+    ECHO_COEFFICIENTS) and by part, for `batch` utterances of `seconds`."""
+    from shared.specs.echostream import num_segments
+    from shared.synthetic import echostream_lengths
+
+    n = echostream_lengths(spec, seconds)
+    B, T, T4 = batch, n["frames"], n["encoder"]
+    S, R, mem = spec.segment_length, spec.right_context, spec.use_memory
+    N = max(num_segments(T4, spec), 1)
+    Q = N * (S + R) + (N if mem else 0)              # right contexts, utterance, summaries
+    K = N * (S + R) + ((N - 1) if mem else 0)        # memories, right contexts, utterance
+    Lt = n["tgt"] + 1                                # [BOS] + target
+    U = Lt * spec.unit_upsample
+    D, Dm, Du = spec.embed_dim, spec.mt_embed_dim, spec.unit_embed_dim
+
+    def layer(rows, width, ffn, heads, keys):
+        return {"hidden": B * rows * width, "ffn": B * rows * ffn, "scores": B * heads * rows * keys}
+
+    encoder_layer = layer(Q, D, spec.encoder_ffn_dim, spec.encoder_heads, K)
+    layers = spec.encoder_layers
+    if checkpointing:   # each layer's inputs kept, one layer's activations alive at a time
+        encoder = {kind: v + (layers - 1) * (B * Q * D if kind == "hidden" else 0) / 12.0
+                   for kind, v in encoder_layer.items()}
+    else:
+        encoder = {kind: v * layers for kind, v in encoder_layer.items()}
+    parts = {
+        "subsampler": {"frames": B * T * spec.n_mels},
+        "Emformer encoder": encoder,
+        "ASR CTC head": {"logits": B * T4 * spec.src_vocab_size, "ctc": B * T4 * (2 * n["src"] + 1)},
+        "ST CTC head": {**{kind: v * spec.st_ctc_layers for kind, v in layer(
+            T4, D, spec.encoder_ffn_dim, spec.encoder_heads, T4).items()},
+            "logits": B * T4 * spec.tgt_vocab_size, "ctc": B * T4 * (2 * n["tgt"] + 1)},
+        "MT decoder": {**{kind: v * spec.mt_layers for kind, v in layer(
+            Lt, Dm, spec.mt_ffn_dim, spec.mt_heads, Lt + T4).items()},
+            "logits": B * Lt * spec.tgt_vocab_size},
+        "unit decoder": {**{kind: v * spec.unit_layers for kind, v in layer(
+            U, Du, spec.unit_ffn_dim, spec.unit_heads, U).items()},
+            "logits": B * U * spec.unit_vocab_size, "ctc": B * U * (2 * n["units"] + 1)},
+    }
+    shapes = {"B": B, "seconds": seconds, "frames": T, "encoder_frames": T4, "Q": Q, "K": K,
+              "target": Lt, "unit_frames": U, **n}
+    return {"parts": parts, "shapes": shapes}
+
+
+def plan_echostream(config, backend: str) -> MemoryPlan:
+    """Peak memory of an EchoStream step: batches of the longest utterances the config
+    allows (data.max_duration, data.max_tokens), typical text lengths for them."""
+    from shared.specs.echostream import echostream_param_counts
+    from shared.synthetic import longest_utterance_seconds
+
+    spec, train = config.model, config.train
+    n = echostream_param_counts(spec)["total"]
+    coef = ECHO_COEFFICIENTS[backend]
+    c = _bytes(train.precision)
+    # MLX keeps this model's activations in float32 even under bf16 (the CTC lattices,
+    # softmaxes and norms run in float32; measured), so they cost 4 bytes there.
+    act_bytes = 4 if backend == "mlx" else c
+    seconds = longest_utterance_seconds(config, train.batch_size)
+    act = echostream_activation_elements(spec, train.batch_size, seconds, train.gradient_checkpointing)
+    sh = act["shapes"]
+    terms = [
+        Term("weights", 4 * n, f"{n:,} parameters, float32"),
+        Term("optimizer state", 8 * n, "AdamW, float32"),
+        Term("gradients", 4 * n, "float32"),
+    ]
+    if train.gradient_accumulation_steps > 1 and backend == "mlx":
+        terms.append(Term("accumulation buffer", 4 * n, "running sum of micro-batch gradients"))
+    if c == 2:
+        terms.append(Term("low-precision weight copies", 2 * n, "bf16 casts"))
+    for part, elements in act["parts"].items():
+        detail = {"subsampler": f"{sh['B']} x {sh['frames']} fbank frames -> {sh['encoder_frames']}",
+                  "Emformer encoder": f"{spec.encoder_layers} layers x {sh['Q']} queries x {sh['K']} keys"
+                                      + (", checkpointed" if train.gradient_checkpointing else ""),
+                  "ASR CTC head": f"{sh['encoder_frames']} frames x {spec.src_vocab_size} pieces",
+                  "ST CTC head": f"{sh['encoder_frames']} frames x {spec.tgt_vocab_size} pieces",
+                  "MT decoder": f"{sh['target']} target positions",
+                  "unit decoder": f"{sh['unit_frames']} unit frames x {spec.unit_vocab_size} ids"}[part]
+        terms.append(Term(f"activations: {part}", act_bytes * sum(coef[kind] * v for kind, v in elements.items()),
+                          detail))
+    terms.append(Term("framework overhead", 0.5 * GB if backend == "torch" else 0.0,
+                      "CUDA context" if backend == "torch" else "only live arrays count"))
+    B, T4, U = sh["B"], sh["encoder_frames"], sh["unit_frames"]
+    largest = max([
+        Allocation("ASR CTC logits", (B, T4, spec.src_vocab_size), B * T4 * spec.src_vocab_size * 4),
+        Allocation("unit decoder logits", (B, U, spec.unit_vocab_size), B * U * spec.unit_vocab_size * 4),
+        Allocation("Emformer attention scores", (B, spec.encoder_heads, sh["Q"], sh["K"]),
+                   B * spec.encoder_heads * sh["Q"] * sh["K"] * c)], key=lambda a: a.bytes)
+    return MemoryPlan(backend, terms, largest, calibrated=backend == "mlx")
+
+
 # ----------------------------------------------------------------------------- dispatch
 def plan(config, backend: str, attention: str | None = None) -> MemoryPlan:
     """The predicted memory of one training step of `config` on `backend`."""
+    if config.family == "bandsplit":
+        if backend not in ("mlx", "torch"):
+            raise ValueError(f"unknown backend {backend!r}; expected mlx or torch")
+        device_type = "cpu" if config.hardware.device == "cpu" else "cuda"
+        default = "math" if device_type == "cpu" or backend == "mlx" else "flash"
+        return plan_bandsplit(config, backend, attention or default)
     if config.family == "tflocoformer":
         if backend not in ("mlx", "torch"):
             raise ValueError(f"unknown backend {backend!r}; expected mlx or torch")
@@ -288,6 +501,10 @@ def plan(config, backend: str, attention: str | None = None) -> MemoryPlan:
         default = "math" if device_type == "cpu" else "flash"
         return plan_tflocoformer(config.model, config.train, config.data.segment_samples, backend,
                                  attention or default)
+    if config.family == "echostream":
+        if backend not in ("mlx", "torch"):
+            raise ValueError(f"unknown backend {backend!r}; expected mlx or torch")
+        return plan_echostream(config, backend)
     if config.family != "lm":
         raise ValueError(f"the memory planner does not cover family {config.family!r} yet")
     if backend == "mlx":
@@ -355,19 +572,26 @@ def suggestions(config, backend: str, attention: str | None = None) -> list[Sugg
             if shorter >= 64:
                 add(f"sequence {seq} -> {shorter} tokens (keeps tokens/step only with batch x "
                     f"{seq // shorter})", {"train.seq_length": shorter}, keeps=False)
+    elif config.family == "echostream":
+        longest = config.data.max_duration
+        for shorter in (longest / 2, longest / 3):
+            add(f"utterances up to {longest:g} s -> {shorter:g} s (data.max_duration; longer ones "
+                f"are skipped)", {"data.max_duration": shorter}, keeps=False)
     else:
         seconds = config.data.segment_seconds
         for shorter in (seconds / 2, seconds / 3):
             add(f"segment {seconds:g} s -> {shorter:g} s", {"data.segment_seconds": shorter}, keeps=False)
-        if not config.model.attention_chunk:
+        if hasattr(config.model, "attention_chunk") and not config.model.attention_chunk:
             chunked = plan(with_overrides(config, {"model.attention_chunk": 256}), backend, attention)
             add(f"chunked attention (model.attention_chunk=256): largest allocation "
                 f"{chunked.largest.bytes / GB:.1f} GB", {"model.attention_chunk": 256})
-        if config.model.n_fft > 1024:
+        # Fewer bins for TF-Locoformer; the band-split model keeps its bands and would
+        # only get more frames from the shorter hop.
+        if config.family == "tflocoformer" and config.model.n_fft > 1024:
             add(f"STFT n_fft {config.model.n_fft} -> {config.model.n_fft // 2}, hop "
                 f"{config.model.hop} -> {config.model.hop // 2}",
                 {"model.n_fft": config.model.n_fft // 2, "model.hop": config.model.hop // 2}, keeps=False)
-    layers_key = "num_layers" if config.family == "lm" else "n_layers"
+    layers_key = {"lm": "num_layers", "echostream": "encoder_layers"}.get(config.family, "n_layers")
     layers = getattr(config.model, layers_key)
     if layers > 2:
         add(f"model: {layers} -> {layers * 3 // 4} layers (a smaller model)",
@@ -381,7 +605,8 @@ def throughput_proxy(config) -> float:
     forward (~25 % slower) and chunked attention loops over query blocks (~10 %)."""
     slowdown = 0.75 if config.train.gradient_checkpointing else 1.0
     if config.family != "lm":
-        seconds = config.train.batch_size * config.data.segment_seconds
+        from shared.synthetic import audio_seconds_per_sample
+        seconds = config.train.batch_size * audio_seconds_per_sample(config)
         if getattr(config.model, "attention_chunk", 0):
             slowdown *= 0.9
         return min(1.0, seconds / 3.0) * slowdown
@@ -393,7 +618,7 @@ def _escalations(config) -> list[dict]:
     """Changes beyond batch, checkpointing and precision, mildest first. Chunked attention
     computes the same function (only memory and speed change); a shorter training
     segment keeps the model but shows it less context per example, so it comes last."""
-    if config.family == "lm":
+    if config.family in ("lm", "echostream"):
         return [{}]
     steps: list[dict] = [{}]
     chunks = []

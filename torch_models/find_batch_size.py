@@ -9,6 +9,7 @@ import torch
 from shared.batch_finder import OutOfMemory, main
 from shared.config import ConfigError
 from shared.memory import with_overrides
+from shared.synthetic import random_batch
 from torch_models.trainer import Trainer
 
 
@@ -24,11 +25,10 @@ def make_probe(config):
         torch.cuda.empty_cache()
         try:
             trainer = Trainer(cfg.model, cfg.train)
-            tokens = np.random.default_rng(0).integers(
-                0, cfg.model.vocab_size, (batch, cfg.seq_length + 1)).astype(np.int32)
+            micro = random_batch(cfg, batch, np.random.default_rng(0))
             torch.cuda.reset_peak_memory_stats()
             for _ in range(2):  # the second step runs with the optimizer state allocated
-                trainer.train_step([tokens], cfg.train.learning_rate)
+                trainer.train_step([micro], cfg.train.learning_rate)
             torch.cuda.synchronize()
             return torch.cuda.max_memory_allocated()
         except torch.cuda.OutOfMemoryError as e:
