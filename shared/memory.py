@@ -89,6 +89,21 @@ def _bytes(precision: str) -> int:
     return 2 if precision in ("bf16", "fp16") else 4
 
 
+def static_terms(n: int, train, backend: str, c: int) -> list[Term]:
+    """What a model of n parameters holds whatever the batch: fp32 weights, AdamW moments
+    and gradients; MLX's running sum when accumulating; bf16 weight copies."""
+    terms = [
+        Term("weights", 4 * n, f"{n:,} parameters, float32"),
+        Term("optimizer state", 8 * n, "AdamW, float32"),
+        Term("gradients", 4 * n, "float32"),
+    ]
+    if train.gradient_accumulation_steps > 1 and backend == "mlx":
+        terms.append(Term("accumulation buffer", 4 * n, "running sum of micro-batch gradients"))
+    if c == 2:
+        terms.append(Term("low-precision weight copies", 2 * n, "bf16 casts"))
+    return terms
+
+
 def _lm_shapes(spec: LMSpec, batch: int, seq: int):
     return dict(BT=batch * seq, B=batch, T=seq, D=spec.hidden_size, H=spec.num_heads,
                 KV=spec.num_kv_heads * spec.head_dim, I=spec.intermediate_size,
@@ -248,15 +263,7 @@ def plan_tflocoformer(spec, train, samples: int, backend: str, attention: str) -
                       f"{s['L']} blocks x {per_block / GB:.2f} GB + backward working set "
                       f"({'unfused attention' if unfused else attention}"
                       f"{', chunked' if chunk else ''})")
-    terms = [
-        Term("weights", 4 * n, f"{n:,} parameters, float32"),
-        Term("optimizer state", 8 * n, "AdamW, float32"),
-        Term("gradients", 4 * n, "float32"),
-    ]
-    if train.gradient_accumulation_steps > 1 and backend == "mlx":
-        terms.append(Term("accumulation buffer", 4 * n, "running sum of micro-batch gradients"))
-    if c == 2:
-        terms.append(Term("low-precision weight copies", 2 * n, "bf16 casts"))
+    terms = static_terms(n, train, backend, c)
     terms += [
         Term("activations: encoder, decoder", 4 * s["tokens"] * (2 * s["D"] + 4 * spec.audio_channels
              * (1 + spec.n_sources)) * (c / 4 + 0.5), "STFT, Conv2d + GroupNorm in, ConvTranspose2d out"),
@@ -347,15 +354,7 @@ def plan_bandsplit(config, backend: str, attention: str) -> MemoryPlan:
     act = bandsplit_activation_elements(spec, train.batch_size, samples, train.gradient_checkpointing,
                                         attention)
     sh = act["shapes"]
-    terms = [
-        Term("weights", 4 * n, f"{n:,} parameters, float32"),
-        Term("optimizer state", 8 * n, "AdamW, float32"),
-        Term("gradients", 4 * n, "float32"),
-    ]
-    if train.gradient_accumulation_steps > 1 and backend == "mlx":
-        terms.append(Term("accumulation buffer", 4 * n, "running sum of micro-batch gradients"))
-    if c == 2:
-        terms.append(Term("low-precision weight copies", 2 * n, "bf16 casts"))
+    terms = static_terms(n, train, backend, c)
     details = {"band split": f"{sh['B']} x {sh['frames']} frames x {sh['bands']} bands",
                "dual-path modules": f"{spec.n_layers} x ({spec.sequence_layer} along time, then bands)"
                                     + (", checkpointed" if train.gradient_checkpointing else ""),
@@ -455,15 +454,7 @@ def plan_echostream(config, backend: str) -> MemoryPlan:
     seconds = longest_utterance_seconds(config, train.batch_size)
     act = echostream_activation_elements(spec, train.batch_size, seconds, train.gradient_checkpointing)
     sh = act["shapes"]
-    terms = [
-        Term("weights", 4 * n, f"{n:,} parameters, float32"),
-        Term("optimizer state", 8 * n, "AdamW, float32"),
-        Term("gradients", 4 * n, "float32"),
-    ]
-    if train.gradient_accumulation_steps > 1 and backend == "mlx":
-        terms.append(Term("accumulation buffer", 4 * n, "running sum of micro-batch gradients"))
-    if c == 2:
-        terms.append(Term("low-precision weight copies", 2 * n, "bf16 casts"))
+    terms = static_terms(n, train, backend, c)
     for part, elements in act["parts"].items():
         detail = {"subsampler": f"{sh['B']} x {sh['frames']} fbank frames -> {sh['encoder_frames']}",
                   "Emformer encoder": f"{spec.encoder_layers} layers x {sh['Q']} queries x {sh['K']} keys"

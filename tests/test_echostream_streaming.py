@@ -14,6 +14,7 @@ import mlx_models.models as mm
 import torch_models.models as tm
 from shared.specs.echostream import (EchoStreamSpec, echostream_init_weights, encoder_length)
 from tests.parity.test_echostream_parity import make_batch, tiny_spec
+from tests.helpers import one_torch_thread  # noqa: F401  (an autouse fixture)
 
 N_MELS = 16
 VARIANTS = {
@@ -23,14 +24,6 @@ VARIANTS = {
     "no right context": {"right_context": 0},
     "right context > segment": {"segment_length": 2, "right_context": 3, "left_context": 5},
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def utterance(n_frames: int, seed: int = 0) -> np.ndarray:

@@ -30,14 +30,9 @@ from shared.export_hf import main as export_main  # noqa: E402
 from shared.hf_llama import hf_config_to_spec, spec_to_hf_config  # noqa: E402
 from shared.import_hf import import_hf, main as import_main  # noqa: E402
 from shared.specs.lm import lm_manifest  # noqa: E402
+from tests.helpers import rel_err
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def rel_err(a, b) -> float:
-    """max |a - b| / max |b|: the error relative to the tensor's scale."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
 def tokens(spec, batch=2, length=24, seed=0):

@@ -15,14 +15,7 @@ from shared.layout import to_backend
 from shared.specs import SpecError, spec_from_dict
 from shared.specs.bandsplit import (BandSplitSpec, bandsplit_init_weights, bandsplit_manifest,
                                     scale_band_widths, table_widths)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.helpers import rel_err, one_torch_thread  # noqa: F401  (an autouse fixture)
 
 
 def recurrent_scan(x, a, B, C):
@@ -43,11 +36,6 @@ def scan_inputs(N=2, L=37, H=3, P=4, S=5, seed=0):
     a = -rng.uniform(0.0, 4.0, (N, L, H)) * rng.uniform(0, 1, (1, 1, H)) ** 2
     B, C = rng.standard_normal((N, L, S)), rng.standard_normal((N, L, S))
     return [v.astype(np.float32) for v in (x, a, B, C)]
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
 @pytest.mark.parametrize("chunk,length,decay", [(1, 37, 1), (4, 37, 1), (5, 37, 1), (8, 37, 1),

@@ -14,15 +14,11 @@ from shared.config import TrainConfig, config_from_dict
 from shared.specs.lm import LMSpec, lm_init_weights
 from shared.train_loop import Run
 from torch_models.trainer import Trainer as TorchTrainer
+from tests.helpers import rel_err
 
 TRAINERS = {"mlx": MLXTrainer, "torch": lambda *a, **k: TorchTrainer(*a, **k, device="cpu")}
 SPEC = LMSpec(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
               intermediate_size=96, max_seq_length=64)
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
 def batch(n, length=33, seed=0):

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.specs.base import BIAS, CONV1D, LINEAR, NORM, OTHER, ParamSpec, SpecError, count_params
+from shared.specs.base import (BIAS, CONV1D, LINEAR, NORM, OTHER, ParamSpec, SpecError, check_int,
+                               count_params)
 from shared.specs.tflocoformer import LOSSES, SOURCES  # noqa: F401  (same stems, same objectives)
 
 SEQUENCE_LAYERS = ("mamba2", "transformer")
@@ -93,8 +94,8 @@ class BandSplitSpec:
             object.__setattr__(self, "band_widths", tuple(self.band_widths))
         for name in ("n_fft", "hop", "audio_channels", "n_sources", "hidden", "n_layers",
                      "d_state", "d_conv", "expand", "head_dim", "chunk_size", "n_heads", "ffn_mult"):
-            _check_int(name, getattr(self, name), minimum=1)
-        _check_int("mask_mlp_hidden", self.mask_mlp_hidden, minimum=0)
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("mask_mlp_hidden", self.mask_mlp_hidden, minimum=0)
         if self.n_fft % 2:
             raise SpecError(f"model.n_fft must be even, got {self.n_fft}")
         if self.hop > self.n_fft:
@@ -170,12 +171,6 @@ class BandSplitSpec:
     def conv_channels(self) -> int:
         """Mamba2's depthwise conv runs over x, B and C (one group of B, C)."""
         return self.d_inner + 2 * self.d_state
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise SpecError(f"model.{name} must be {what}, got {value!r}")
 
 
 def _mamba2_manifest(spec: BandSplitSpec, prefix: str) -> list[ParamSpec]:

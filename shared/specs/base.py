@@ -27,6 +27,13 @@ class SpecError(ValueError):
     """A spec whose hyperparameters cannot build a model."""
 
 
+def check_int(name: str, value, minimum: int) -> None:
+    """model.<name> must be an integer >= minimum (bools are not integers here)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise SpecError(f"model.{name} must be {what}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ParamSpec:
     name: str                # canonical dotted path, e.g. "layers.0.attention.q_proj.weight"

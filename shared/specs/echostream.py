@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.specs.base import (BIAS, CONV1D, EMBEDDING, LINEAR, NORM, ParamSpec, SpecError,
+from shared.specs.base import (BIAS, CONV1D, EMBEDDING, LINEAR, NORM, ParamSpec, SpecError, check_int,
                                count_params)
 
 # Token ids shared with the data side. SentencePiece models are trained with pad_id=0,
@@ -106,13 +106,13 @@ class EchoStreamSpec:
                     "mt_layers", "mt_heads", "mt_ffn_dim", "unit_embed_dim", "unit_layers",
                     "unit_heads", "unit_ffn_dim", "unit_upsample")
         for name in positive:
-            _check_int(name, getattr(self, name), minimum=1)
+            check_int(name, getattr(self, name), minimum=1)
         for name in ("left_context", "right_context", "max_memory_size", "st_ctc_layers"):
-            _check_int(name, getattr(self, name), minimum=0)
+            check_int(name, getattr(self, name), minimum=0)
         for name in ("src_vocab_size", "tgt_vocab_size"):
             # pad/blank, unk, bos, eos and at least one real token
-            _check_int(name, getattr(self, name), minimum=EOS + 2)
-        _check_int("subsample_kernel", self.subsample_kernel, minimum=2)
+            check_int(name, getattr(self, name), minimum=EOS + 2)
+        check_int("subsample_kernel", self.subsample_kernel, minimum=2)
         if self.subsample_channels % 2:
             raise SpecError(f"model.subsample_channels must be even (a GLU halves it), "
                             f"got {self.subsample_channels}")
@@ -152,12 +152,6 @@ class EchoStreamSpec:
     @property
     def use_memory(self) -> bool:
         return self.max_memory_size > 0
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise SpecError(f"model.{name} must be {what}, got {value!r}")
 
 
 # ------------------------------------------------------------------------ lengths

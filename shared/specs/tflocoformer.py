@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.specs.base import (BIAS, CONV1D, CONV2D, CONV_TRANSPOSE1D, CONV_TRANSPOSE2D,
-                               LINEAR, NORM, ParamSpec, SpecError, count_params)
+from shared.specs.base import (BIAS, CONV1D, CONV2D, CONV_TRANSPOSE1D, CONV_TRANSPOSE2D, LINEAR, NORM,
+                               ParamSpec, SpecError, check_int, count_params)
 
 SOURCES = ("vocals", "drums", "bass", "other")  # MUSDB18 order of the decoder's outputs
 LOSSES = ("l1_mrstft", "si_sdr")
@@ -59,9 +59,9 @@ class TFLocoformerSpec:
         positive = ("n_fft", "hop", "audio_channels", "n_sources", "emb_dim", "n_heads",
                     "n_layers", "conv1d_kernel", "conv1d_shift", "norm_groups")
         for name in positive:
-            _check_int(name, getattr(self, name), minimum=1)
-        _check_int("attention_dim", self.attention_dim, minimum=0)
-        _check_int("attention_chunk", self.attention_chunk, minimum=0)
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("attention_dim", self.attention_dim, minimum=0)
+        check_int("attention_chunk", self.attention_chunk, minimum=0)
         ffn = self.ffn_hidden_dim
         if (not isinstance(ffn, tuple) or len(ffn) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in ffn)):
@@ -109,12 +109,6 @@ class TFLocoformerSpec:
     def out_channels(self) -> int:
         """Decoder channels: per source, real parts of every audio channel, then imaginary."""
         return self.n_sources * 2 * self.audio_channels
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise SpecError(f"model.{name} must be {what}, got {value!r}")
 
 
 def _path_manifest(spec: TFLocoformerSpec, prefix: str) -> list[ParamSpec]:

@@ -23,24 +23,10 @@ from shared.layout import backend_shape
 from shared.specs.bandsplit import (BandSplitSpec, bandsplit_init_weights, bandsplit_manifest,
                                     bandsplit_param_counts)
 from torch_models.trainer import Trainer as TorchTrainer
+from tests.helpers import rel_err, one_torch_thread  # noqa: F401  (an autouse fixture)
 
 SAMPLE_RATE, LENGTH = 8000, 1600  # 0.2 s: 51 frames x 65 bins at n_fft 128, hop 32
 LAYERS = ["mamba2", "transformer"]
-
-
-def rel_err(a, b) -> float:
-    """max |a - b| / max |b|: the error relative to the tensor's scale."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny tensors: a second torch thread only adds barrier waits on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_spec(sequence_layer: str, **changes) -> BandSplitSpec:

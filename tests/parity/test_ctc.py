@@ -14,12 +14,7 @@ import torch
 
 from mlx_models.ctc import ctc_loss as mlx_ctc
 from torch_models.ctc import ctc_loss as torch_ctc
-
-
-def rel_err(a, b) -> float:
-    """max |a - b| / max |b|: the error relative to the tensor's scale."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+from tests.helpers import rel_err
 
 
 def mlx_loss_and_grad(logits, targets, input_lengths, target_lengths, **kw):

@@ -25,21 +25,7 @@ from shared.specs.echostream import (BOS, EOS, PAD, EchoStreamSpec, echostream_i
                                      echostream_manifest, echostream_param_counts, encoder_length,
                                      unit_id)
 from torch_models.trainer import Trainer as TorchTrainer
-
-
-def rel_err(a, b) -> float:
-    """max |a - b| / max |b|: the error relative to the tensor's scale."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny tensors: a second torch thread only adds barrier waits on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.helpers import rel_err, one_torch_thread  # noqa: F401  (an autouse fixture)
 
 
 def tiny_spec(**changes) -> EchoStreamSpec:

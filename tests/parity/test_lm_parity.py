@@ -16,12 +16,7 @@ from mlx_models.trainer import Trainer as MLXTrainer
 from shared.config import TrainConfig
 from shared.specs.lm import lm_init_weights, lm_manifest
 from torch_models.trainer import Trainer as TorchTrainer
-
-
-def rel_err(a, b) -> float:
-    """max |a - b| / max |b|: the error relative to the tensor's scale."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+from tests.helpers import rel_err
 
 
 def tokens(spec, batch=2, length=24, seed=0):

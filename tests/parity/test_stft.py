@@ -7,19 +7,13 @@ import torch
 
 import mlx_models.stft as ms
 import torch_models.stft as ts
+from tests.helpers import rel_err
 
 SAMPLE_RATE = 44100
 # (n_fft, hop): the separators' two settings, a speech-style one, and an odd n_fft whose
 # hop divides neither n_fft nor the signal length.
 SETTINGS = [(2048, 512), (4096, 1024), (400, 160), (1023, 300)]
 IDS = [f"{n}/{h}" for n, h in SETTINGS]
-
-
-def rel_err(a, b) -> float:
-    """max |a - b| / max |b|: the error relative to the signal's scale (every check here
-    reports this)."""
-    a, b = np.asarray(a), np.asarray(b)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
 def audio(shape, seed=0) -> np.ndarray:

@@ -24,24 +24,9 @@ from shared.specs import SpecError, spec_from_dict
 from shared.specs.tflocoformer import (TFLocoformerSpec, tflocoformer_init_weights,
                                        tflocoformer_manifest, tflocoformer_param_counts)
 from torch_models.trainer import Trainer as TorchTrainer
+from tests.helpers import rel_err, one_torch_thread  # noqa: F401  (an autouse fixture)
 
 SAMPLE_RATE, LENGTH = 8000, 1600  # 0.2 s: 26 frames x 129 bins at n_fft 256, hop 64
-
-
-def rel_err(a, b) -> float:
-    """max |a - b| / max |b|: the error relative to the tensor's scale."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """These tensors are tiny: a second torch thread buys nothing here, and on a busy
-    two-core machine its barrier waits made the torch steps up to 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
