@@ -68,3 +68,26 @@ def test_bench_rejects_unknown_names_and_bad_configs(tmp_path):
     assert out.returncode == 2 and "unknown backends: jax" in out.stderr
     out = run_bench("--configs", "configs/tiny.yaml", "train.learning_rat=1")
     assert out.returncode == 2 and "did you mean 'learning_rate'" in out.stderr
+
+
+def test_bench_bandsplit_and_echostream_streaming(tmp_path):
+    """The band-split separator trains and separates; EchoStream trains and reports its
+    per-chunk streaming latency for each utterance length."""
+    out = run_bench("--configs", "configs/bandsplit_demo.yaml", "--models", "bandsplit",
+                    "--steps", "1", "--repeats", "1", "--warmup", "1", "--audio-seconds", "1",
+                    "--json", str(tmp_path / "bs.json"), "train.batch_size=1", "data.segment_seconds=0.5")
+    assert out.returncode == 0, out.stderr
+    [run] = json.loads((tmp_path / "bs.json").read_text())["runs"]
+    assert run["model"] == "bandsplit" and run["inference"]["mlx"]["metric"] == "x real time"
+    out = run_bench("--configs", "configs/echostream_demo.yaml", "--models", "echostream",
+                    "--steps", "1", "--repeats", "1", "--warmup", "1", "--stream-seconds", "1,3",
+                    "--json", str(tmp_path / "es.json"), "train.batch_size=1", "data.max_duration=2")
+    assert out.returncode == 0, out.stderr
+    [run] = json.loads((tmp_path / "es.json").read_text())["runs"]
+    assert run["unit"] == "audio_s" and run["units_per_step"] == 2.0
+    for backend in ("mlx", "torch"):
+        assert run["training"][backend]["audio_s_per_s"]["median"] > 0
+        latency = run["inference"][backend]["by_utterance_length"]
+        assert set(latency) == {"1s", "3s"} and latency["3s"]["chunks"] == 10   # 3 s / 320 ms
+        assert latency["3s"]["encoder_ms"]["median"] > 0
+    assert "streaming, 320 ms chunks" in out.stdout
