@@ -34,7 +34,7 @@ import numpy as np
 
 from shared.specs.base import (BIAS, CONV1D, LINEAR, NORM, OTHER, ParamSpec, SpecError, check_int,
                                count_params)
-from shared.specs.tflocoformer import LOSSES, SOURCES  # noqa: F401  (same stems, same objectives)
+from shared.specs.tflocoformer import LOSSES, SOURCES, check_separation_training  # noqa: F401  (same stems, same objectives)
 
 SEQUENCE_LAYERS = ("mamba2", "transformer")
 # Band tables for n_fft 2048 (1025 bins), as (count, width) runs.
@@ -124,14 +124,7 @@ class BandSplitSpec:
             if (self.hidden // self.n_heads) % 2:
                 raise SpecError(f"attention head dim hidden/n_heads = {self.hidden // self.n_heads} "
                                 f"must be even for RoPE; change model.hidden or model.n_heads")
-        if not self.eps > 0:
-            raise SpecError(f"model.eps must be > 0, got {self.eps!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise SpecError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.loss not in LOSSES:
-            raise SpecError(f"model.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if not self.mrstft_weight >= 0:
-            raise SpecError(f"model.mrstft_weight must be >= 0, got {self.mrstft_weight!r}")
+        check_separation_training(self)
 
     @property
     def n_freq(self) -> int:

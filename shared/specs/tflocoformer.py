@@ -32,6 +32,18 @@ def mrstft_resolutions(length: int) -> list[tuple[int, int]]:
     return [(n, n // 4) for n in MRSTFT_SIZES if n <= length]
 
 
+def check_separation_training(spec) -> None:
+    """The fields both separators share: norm eps, dropout, objective."""
+    if not spec.eps > 0:
+        raise SpecError(f"model.eps must be > 0, got {spec.eps!r}")
+    if not 0.0 <= spec.dropout < 1.0:
+        raise SpecError(f"model.dropout must be in [0, 1), got {spec.dropout!r}")
+    if spec.loss not in LOSSES:
+        raise SpecError(f"model.loss must be one of {', '.join(LOSSES)}, got {spec.loss!r}")
+    if not spec.mrstft_weight >= 0:
+        raise SpecError(f"model.mrstft_weight must be >= 0, got {spec.mrstft_weight!r}")
+
+
 @dataclass(frozen=True)
 class TFLocoformerSpec:
     n_fft: int = 2048
@@ -83,14 +95,7 @@ class TFLocoformerSpec:
         if self.conv1d_shift > self.conv1d_kernel:
             raise SpecError(f"model.conv1d_shift ({self.conv1d_shift}) must be <= "
                             f"model.conv1d_kernel ({self.conv1d_kernel})")
-        if not self.eps > 0:
-            raise SpecError(f"model.eps must be > 0, got {self.eps!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise SpecError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.loss not in LOSSES:
-            raise SpecError(f"model.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if not self.mrstft_weight >= 0:
-            raise SpecError(f"model.mrstft_weight must be >= 0, got {self.mrstft_weight!r}")
+        check_separation_training(self)
 
     @property
     def attn_dim(self) -> int:

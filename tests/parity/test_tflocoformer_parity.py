@@ -24,7 +24,7 @@ from shared.specs import SpecError, spec_from_dict
 from shared.specs.tflocoformer import (TFLocoformerSpec, tflocoformer_init_weights,
                                        tflocoformer_manifest, tflocoformer_param_counts)
 from torch_models.trainer import Trainer as TorchTrainer
-from tests.helpers import rel_err, one_torch_thread  # noqa: F401  (an autouse fixture)
+from tests.helpers import rel_err, stems_batch, one_torch_thread  # noqa: F401  (an autouse fixture)
 
 SAMPLE_RATE, LENGTH = 8000, 1600  # 0.2 s: 26 frames x 129 bins at n_fft 256, hop 64
 
@@ -36,18 +36,7 @@ def spec():
 
 
 def batch(spec, size=2, seed=0) -> dict[str, np.ndarray]:
-    """Four stereo 'stems' (tones of different pitch over noise, different levels) and
-    their sum as the mixture, so a separator has something to learn."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(LENGTH) / SAMPLE_RATE
-    stems = []
-    for s in range(spec.n_sources):
-        f = rng.uniform(100, 400) * (s + 1)
-        phase = rng.uniform(0, 2 * np.pi, (size, spec.audio_channels, 1))
-        stems.append(0.4 / (s + 1) * np.sin(2 * np.pi * f * t + phase)
-                     + 0.02 * rng.standard_normal((size, spec.audio_channels, LENGTH)))
-    sources = np.stack(stems, axis=1).astype(np.float32)     # (B, S, C, T)
-    return {"mixture": sources.sum(axis=1), "sources": sources}
+    return stems_batch(spec, size, seed, LENGTH, SAMPLE_RATE)
 
 
 def to_mx(b):
