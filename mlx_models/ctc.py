@@ -11,7 +11,7 @@ The forward (alpha) recursion of Graves et al. 2006 in log space, over the exten
 sequence  blank y1 blank y2 ... yS blank  (L = 2S + 1 states), written with ordinary MLX
 ops so autodiff produces the backward pass: the emissions of all T frames are gathered
 once, (B, T, L), and each of the T steps is a few element-wise ops on (B, L), compiled
-once with mx.compile. Computed in float32 whatever the input dtype: the recursion sums
+with mx.compile eight frames at a time. Computed in float32 whatever the input dtype: the recursion sums
 hundreds of log-probabilities.
 """
 from __future__ import annotations
@@ -45,7 +45,6 @@ def _shift(alpha: mx.array, k: int) -> mx.array:
     return mx.pad(alpha, [(0, 0), (k, 0)], constant_values=NEG)[:, :alpha.shape[1]]
 
 
-@mx.compile
 def _step(alpha: mx.array, log_scale: mx.array, emit: mx.array, can_skip: mx.array,
           active: mx.array) -> tuple[mx.array, mx.array]:
     """One frame: a state is reached by staying, moving one state on, or skipping a
@@ -56,11 +55,28 @@ def _step(alpha: mx.array, log_scale: mx.array, emit: mx.array, can_skip: mx.arr
     gradients (posteriors exp(alpha + beta - total)) would inherit that error. The offset
     is a constant to autodiff (stop_gradient), which is exact: log_scale + lse(alpha - c)
     is the same function for any constant c."""
-    jump = mx.where(can_skip, _shift(alpha, 2), NEG)
-    new = mx.logsumexp(mx.stack([alpha, _shift(alpha, 1), jump]), axis=0) + emit
+    stay, move, jump = alpha, _shift(alpha, 1), mx.where(can_skip, _shift(alpha, 2), NEG)
+    # logsumexp of the three written element-wise, so mx.compile fuses it (a stack and a
+    # reduction cost several kernels per frame, and MLX's CPU cost is per kernel). The
+    # max is a constant to autodiff: the function does not depend on it.
+    top = mx.stop_gradient(mx.maximum(mx.maximum(stay, move), jump))
+    new = top + mx.log(mx.exp(stay - top) + mx.exp(move - top) + mx.exp(jump - top)) + emit
     offset = mx.stop_gradient(new.max(axis=1, keepdims=True))
     return (mx.where(active, new - offset, alpha),
             mx.where(active, log_scale + offset, log_scale))
+
+
+FRAMES_PER_CALL = 8
+
+
+@mx.compile
+def _steps(alpha: mx.array, log_scale: mx.array, emit: mx.array, can_skip: mx.array,
+           active: mx.array) -> tuple[mx.array, mx.array]:
+    """_step over the frames of emit (B, K, L) / active (B, K), unrolled into one compiled
+    function: per call and per kernel overheads, not arithmetic, dominate a frame."""
+    for k in range(emit.shape[1]):
+        alpha, log_scale = _step(alpha, log_scale, emit[:, k], can_skip, active[:, k:k + 1])
+    return alpha, log_scale
 
 
 def _impossible(targets, input_lengths, target_lengths) -> mx.array:
@@ -108,8 +124,9 @@ def ctc_loss(log_probs: mx.array, targets: mx.array, input_lengths, target_lengt
     # enters states 0 and 1 (a blank or the first label), like every other step.
     alpha = mx.where(mx.arange(L)[None, :] == 0, 0.0, mx.full((B, L), NEG))
     log_scale = mx.zeros((B, 1))
-    for t in range(T):
-        alpha, log_scale = _step(alpha, log_scale, emissions[:, t], can_skip, active[:, t:t + 1])
+    for t in range(0, T, FRAMES_PER_CALL):
+        alpha, log_scale = _steps(alpha, log_scale, emissions[:, t:t + FRAMES_PER_CALL], can_skip,
+                                  active[:, t:t + FRAMES_PER_CALL])
 
     # A path ends in the final blank (state 2 * target_length) or on the last label.
     last = (2 * target_lengths)[:, None]
