@@ -104,6 +104,13 @@ def static_terms(n: int, train, backend: str, c: int) -> list[Term]:
     return terms
 
 
+def overhead_term(backend: str) -> Term:
+    """What the framework holds beyond our tensors: torch's CUDA context; MLX counts only
+    live arrays."""
+    return Term("framework overhead", 0.5 * GB if backend == "torch" else 0.0,
+                "CUDA context" if backend == "torch" else "only live arrays count")
+
+
 def _lm_shapes(spec: LMSpec, batch: int, seq: int):
     return dict(BT=batch * seq, B=batch, T=seq, D=spec.hidden_size, H=spec.num_heads,
                 KV=spec.num_kv_heads * spec.head_dim, I=spec.intermediate_size,
@@ -270,8 +277,7 @@ def plan_tflocoformer(spec, train, samples: int, backend: str, attention: str) -
         blocks,
         Term("activations: STFT loss and iSTFT", coef["audio"] * 4 * s["audio"],
              "multi-resolution STFTs of estimates and references, iSTFT"),
-        Term("framework overhead", 0.5 * GB if backend == "torch" else 0.0,
-             "CUDA context" if backend == "torch" else "only live arrays count"),
+        overhead_term(backend),
     ]
     # The single largest tensor: an attention score block, else the encoder output.
     candidates = [Allocation("encoder output", (s["B"], s["D"], s["Tf"], s["F"]), s["tokens"] * s["D"] * c)]
@@ -363,8 +369,7 @@ def plan_bandsplit(config, backend: str, attention: str) -> MemoryPlan:
     for part, elements in act["parts"].items():
         terms.append(Term(f"activations: {part}",
                           act_bytes * sum(coef[kind] * v for kind, v in elements.items()), details[part]))
-    terms.append(Term("framework overhead", 0.5 * GB if backend == "torch" else 0.0,
-                      "CUDA context" if backend == "torch" else "only live arrays count"))
+    terms.append(overhead_term(backend))
     B, T, K = sh["B"], sh["frames"], sh["bands"]
     candidates = [Allocation("band features", (B, T, K, spec.hidden), B * T * K * spec.hidden * act_bytes),
                   Allocation("mask MLP hidden (all bands)", (B, T, K, spec.mask_hidden),
@@ -465,8 +470,7 @@ def plan_echostream(config, backend: str) -> MemoryPlan:
                   "unit decoder": f"{sh['unit_frames']} unit frames x {spec.unit_vocab_size} ids"}[part]
         terms.append(Term(f"activations: {part}", act_bytes * sum(coef[kind] * v for kind, v in elements.items()),
                           detail))
-    terms.append(Term("framework overhead", 0.5 * GB if backend == "torch" else 0.0,
-                      "CUDA context" if backend == "torch" else "only live arrays count"))
+    terms.append(overhead_term(backend))
     B, T4, U = sh["B"], sh["encoder_frames"], sh["unit_frames"]
     largest = max([
         Allocation("ASR CTC logits", (B, T4, spec.src_vocab_size), B * T4 * spec.src_vocab_size * 4),
@@ -479,33 +483,25 @@ def plan_echostream(config, backend: str) -> MemoryPlan:
 # ----------------------------------------------------------------------------- dispatch
 def plan(config, backend: str, attention: str | None = None) -> MemoryPlan:
     """The predicted memory of one training step of `config` on `backend`."""
-    if config.family == "bandsplit":
-        if backend not in ("mlx", "torch"):
-            raise ValueError(f"unknown backend {backend!r}; expected mlx or torch")
-        device_type = "cpu" if config.hardware.device == "cpu" else "cuda"
-        default = "math" if device_type == "cpu" or backend == "mlx" else "flash"
-        return plan_bandsplit(config, backend, attention or default)
-    if config.family == "tflocoformer":
-        if backend not in ("mlx", "torch"):
-            raise ValueError(f"unknown backend {backend!r}; expected mlx or torch")
-        device_type = "cpu" if config.hardware.device == "cpu" else "cuda"
-        default = "math" if device_type == "cpu" else "flash"
-        return plan_tflocoformer(config.model, config.train, config.data.segment_samples, backend,
-                                 attention or default)
-    if config.family == "echostream":
-        if backend not in ("mlx", "torch"):
-            raise ValueError(f"unknown backend {backend!r}; expected mlx or torch")
-        return plan_echostream(config, backend)
-    if config.family != "lm":
-        raise ValueError(f"the memory planner does not cover family {config.family!r} yet")
-    if backend == "mlx":
-        return plan_lm_mlx(config.model, config.train, config.seq_length)
-    if backend == "torch":
-        device_type = "cpu" if config.hardware.device == "cpu" else "cuda"
-        default = "math" if device_type == "cpu" else "flash"
+    if backend not in ("mlx", "torch"):
+        raise ValueError(f"unknown backend {backend!r}; expected mlx or torch")
+    device_type = "cpu" if config.hardware.device == "cpu" else "cuda"
+    # torch's SDPA uses its fused kernels on CUDA unless told otherwise, the math path elsewhere.
+    default = "math" if device_type == "cpu" else "flash"
+    if config.family == "lm":
+        if backend == "mlx":
+            return plan_lm_mlx(config.model, config.train, config.seq_length)
         return plan_lm_torch(config.model, config.train, config.seq_length,
                              attention or default, device_type)
-    raise ValueError(f"unknown backend {backend!r}; expected mlx or torch")
+    if config.family == "tflocoformer":
+        return plan_tflocoformer(config.model, config.train, config.data.segment_samples, backend,
+                                 attention or default)
+    if config.family == "bandsplit":
+        # MLX trains attention unfused (plan_tflocoformer decides that itself).
+        return plan_bandsplit(config, backend, attention or ("math" if backend == "mlx" else default))
+    if config.family == "echostream":
+        return plan_echostream(config, backend)
+    raise ValueError(f"the memory planner does not cover family {config.family!r} yet")
 
 
 def budget_bytes(profile: HardwareProfile) -> float:
