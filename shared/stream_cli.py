@@ -26,10 +26,9 @@ from shared.audio.fbank import CMVN, StreamingFbank
 from shared.checkpoint import CheckpointError
 from shared.cli import run_cli
 from shared.data.lm_text import DataError, load_tokenizer
-from shared.data.s2ut import cmvn_from_file
+from shared.data.s2ut import cmvn_from_file, mt_token_ids, unit_sequence
 from shared.generate_cli import resolve_checkpoint
 from shared.metrics import ctc_collapse
-from shared.specs.echostream import EOS, PAD
 
 SAMPLE_RATE = 16000
 CHECKPOINT_FILES = ("src_tokenizer.model", "tgt_tokenizer.model", "cmvn.npz")
@@ -125,8 +124,8 @@ def main(backend: str, load, argv=None) -> int:
         t0 = time.perf_counter()
         out = session.translate(args.max_target_len)
         translate_ms = 1e3 * (time.perf_counter() - t0)
-        mt_ids = [int(t) for t in out["mt_tokens"] if t not in (PAD, EOS)]
-        units = [u - 1 for u in ctc_collapse(out["unit_ctc_argmax"], out["unit_length"])]
+        mt_ids = mt_token_ids(out["mt_tokens"])
+        units = unit_sequence(out["unit_ctc_argmax"], out["unit_length"])
         result = {
             "asr": src.decode(ctc_collapse(session.asr_argmax())),
             "st_ctc": tgt.decode(ctc_collapse(session.st_argmax())),

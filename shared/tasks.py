@@ -117,7 +117,7 @@ class EchoStreamTask:
         return self.batcher.batch(position, batch_size)
 
     def evaluate(self, trainer) -> dict:
-        from shared.data.s2ut import EOS, PAD
+        from shared.data.s2ut import mt_token_ids, unit_sequence
         from shared.metrics import (char_error_rate, corpus_bleu, ctc_collapse,
                                     unit_error_rate, word_error_rate)
 
@@ -139,11 +139,8 @@ class EchoStreamTask:
                 enc_len = int(out["encoder_lengths"][b])
                 hyps["asr"].append(src_sp.decode(ctc_collapse(out["asr_ctc_argmax"][b], enc_len)))
                 hyps["st"].append(tgt_sp.decode(ctc_collapse(out["st_ctc_argmax"][b], enc_len)))
-                tokens = [int(t) for t in out["mt_tokens"][b]]
-                tokens = tokens[:tokens.index(EOS)] if EOS in tokens else tokens
-                hyps["mt"].append(tgt_sp.decode([t for t in tokens if t != PAD]))
-                units = ctc_collapse(out["unit_ctc_argmax"][b], int(out["unit_lengths"][b]))
-                hyps["units"].append([u - 1 for u in units])     # ids back to units
+                hyps["mt"].append(tgt_sp.decode(mt_token_ids(out["mt_tokens"][b])))
+                hyps["units"].append(unit_sequence(out["unit_ctc_argmax"][b], int(out["unit_lengths"][b])))
         row = {"val_loss": sums.pop("loss") / count}
         row |= {f"val_{name}": total / count for name, total in sums.items()}
         row |= {"wer": word_error_rate(refs["src"], hyps["asr"]),

@@ -368,6 +368,21 @@ def collate(examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     }
 
 
+def mt_token_ids(tokens) -> list[int]:
+    """A row of greedy MT output (trainer.decode's "mt_tokens") as target token ids: up to
+    its first EOS, padding dropped."""
+    ids = [int(t) for t in tokens]
+    ids = ids[:ids.index(EOS)] if EOS in ids else ids
+    return [t for t in ids if t != PAD]
+
+
+def unit_sequence(unit_argmax, length: int) -> list[int]:
+    """A row of the unit decoder's per-frame argmax as units: CTC-collapsed, then ids back
+    to units (the inverse of `unit_id`)."""
+    from shared.metrics import ctc_collapse
+    return [u - 1 for u in ctc_collapse(unit_argmax, length, blank=BLANK)]
+
+
 def within_max_tokens(indices: list[int], frames: np.ndarray, max_tokens: int) -> list[int]:
     """The longest prefix of `indices` whose padded size (count x longest) is at most
     max_tokens, never fewer than one utterance."""
