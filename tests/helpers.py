@@ -1,7 +1,20 @@
 """Helpers the test files share."""
+import json
+
 import numpy as np
 import pytest
 import torch
+
+from mlx_models.trainer import Trainer as MLXTrainer
+from torch_models.trainer import Trainer as TorchTrainer
+
+# Trainer classes by backend; torch pinned to the CPU so tests match on any machine.
+TRAINERS = {"mlx": MLXTrainer, "torch": lambda *a, **k: TorchTrainer(*a, **k, device="cpu")}
+
+
+def metric_rows(run_dir) -> list[dict]:
+    """A run directory's metrics.jsonl, one dict per row."""
+    return [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def rel_err(a, b) -> float:

@@ -2,17 +2,13 @@
 loss terms and the decoding metrics are logged, and a run stopped and resumed from its
 checkpoint (dropout and SpecAugment on, so RNG and data position must be restored) logs
 exactly the losses of an uninterrupted one -- seed 000's missing resume."""
-import json
 
 import pytest
 
-from mlx_models.trainer import Trainer as MLXTrainer
 from shared.config import load_config
 from shared.memory import with_overrides
 from shared.train_loop import Run
-from torch_models.trainer import Trainer as TorchTrainer
-
-TRAINERS = {"mlx": MLXTrainer, "torch": lambda *a, **k: TorchTrainer(*a, **k, device="cpu")}
+from tests.helpers import TRAINERS, metric_rows
 
 
 def tiny():
@@ -26,10 +22,6 @@ def tiny():
         "train.keep_last": 1})
 
 
-def rows(run_dir):
-    return [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
 def test_trains_evaluates_and_resumes_exactly(tmp_path, backend):
     cfg = tiny()
@@ -38,7 +30,7 @@ def test_trains_evaluates_and_resumes_exactly(tmp_path, backend):
     resumed = Run(cfg, TRAINERS[backend], tmp_path / "parted", resume=tmp_path / "parted", progress=False)
     assert resumed.state.step == 3
     resumed.train()
-    whole, parted = rows(tmp_path / "whole"), rows(tmp_path / "parted")
+    whole, parted = metric_rows(tmp_path / "whole"), metric_rows(tmp_path / "parted")
     losses = [r["loss"] for r in whole if "loss" in r]
     assert len(losses) == 6 and losses == [r["loss"] for r in parted if "loss" in r]
     evals = [r for r in whole if "val_loss" in r]

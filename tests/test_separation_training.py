@@ -1,7 +1,6 @@
 """The separation family end to end on a tiny generated dataset: training through the
 shared loop on both backends, evaluation with SDR per stem, exact resume, and the
 separate CLI."""
-import json
 import subprocess
 import sys
 
@@ -9,12 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mlx_models.trainer import Trainer as MLXTrainer
 from shared.config import config_from_dict
 from shared.train_loop import Run
-from torch_models.trainer import Trainer as TorchTrainer
-
-TRAINERS = {"mlx": MLXTrainer, "torch": lambda *a, **k: TorchTrainer(*a, **k, device="cpu")}
+from tests.helpers import TRAINERS, metric_rows
 
 
 def tiny(**train):
@@ -28,17 +24,13 @@ def tiny(**train):
                       log_every=1, eval_every=3, save_every=3, keep_last=1, eval_batches=2) | train})
 
 
-def rows(run_dir):
-    return [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
 def test_trains_evaluates_and_resumes_exactly(tmp_path, backend):
     cfg = tiny()
     Run(cfg, TRAINERS[backend], tmp_path / "whole", progress=False).train()
     Run(cfg, TRAINERS[backend], tmp_path / "parted", progress=False).train(stop_after=3)
     Run(cfg, TRAINERS[backend], tmp_path / "parted", resume=tmp_path / "parted", progress=False).train()
-    whole, parted = rows(tmp_path / "whole"), rows(tmp_path / "parted")
+    whole, parted = metric_rows(tmp_path / "whole"), metric_rows(tmp_path / "parted")
     assert [r["loss"] for r in whole if "loss" in r] == [r["loss"] for r in parted if "loss" in r]
     evals = [r for r in whole if "usdr_vocals" in r]
     assert [r["step"] for r in evals] == [0, 3, 6]

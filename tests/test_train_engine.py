@@ -13,10 +13,8 @@ from mlx_models.trainer import Trainer as MLXTrainer
 from shared.config import TrainConfig, config_from_dict
 from shared.specs.lm import LMSpec, lm_init_weights
 from shared.train_loop import Run
-from torch_models.trainer import Trainer as TorchTrainer
-from tests.helpers import rel_err
+from tests.helpers import rel_err, TRAINERS
 
-TRAINERS = {"mlx": MLXTrainer, "torch": lambda *a, **k: TorchTrainer(*a, **k, device="cpu")}
 SPEC = LMSpec(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
               intermediate_size=96, max_seq_length=64)
 
