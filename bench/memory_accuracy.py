@@ -70,6 +70,9 @@ def scaled_config(name: str):
 
     path, overrides = SCALED[name]
     config = load_config(path)
+    # One stream, as MLX trains on a GPU. With parallel CPU parts the peak depends on how
+    # the parts' threads interleave (tests/test_memory.py bounds it separately).
+    overrides = {"train.cpu_streams": 1, **overrides}
     if config.family == "lm":
         model_max = max(config.model.max_seq_length, overrides.get("train.seq_length", 0))
         overrides = {"model.max_seq_length": model_max, **overrides}

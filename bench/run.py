@@ -130,6 +130,10 @@ class Backend:
     def finish(self) -> None:
         self.trainer = None
 
+    def parallel_parts(self) -> int:
+        """Parts each micro-batch is split into, computed in parallel (MLX on a CPU)."""
+        return 1
+
     def generate(self, decoder: str, spec, seed: int, prompt: np.ndarray, new: int,
                  repeats: int) -> dict:
         """Prefill `prompt`, then decode `new` tokens greedily through the KV cache, timing
@@ -226,31 +230,24 @@ class MLXBackend(Backend):
         self.mx.reset_peak_memory()
 
     def set_threads(self, n: int) -> None:
-        """MLX's own CPU ops run on one thread per stream; only its BLAS is threaded."""
-        lib = self._openblas()
-        if lib is not None:
-            lib.openblas_set_num_threads(n)
+        """MLX's own CPU ops run on one thread per stream; only its BLAS is threaded. (The
+        trainer's parallel parts: --threads sets train.cpu_streams too.)"""
+        from mlx_models.blas import set_blas_threads
+        set_blas_threads(n)
+
+    def parallel_parts(self) -> int:
+        return self.trainer.parallel_parts
 
     def environment(self) -> dict:
         import ctypes
         import mlx_models.blas as blas
         info = {"version": self.mx.__version__, "device": self.device(), "blas": blas.BLAS_IN_USE}
-        lib = self._openblas()
+        lib = blas.openblas()
         if lib is not None:
             lib.openblas_get_config.restype = ctypes.c_char_p
             info["blas_config"] = lib.openblas_get_config().decode()
             info["blas_threads"] = lib.openblas_get_num_threads()
         return info
-
-    @staticmethod
-    def _openblas():
-        """The OpenBLAS that mlx_models.blas loaded for MLX, or None."""
-        import ctypes
-        import mlx_models.blas as blas
-        if blas.BLAS_IN_USE in ("reference", "accelerate"):
-            return None
-        lib = ctypes.CDLL(blas.BLAS_IN_USE)  # already loaded: the same handle
-        return lib if hasattr(lib, "openblas_get_config") else None
 
     def lm_decoder(self, spec, seed: int):
         """Fresh-cache decoders over the spec's initial weights (as mlx_models.generate)."""
@@ -405,6 +402,7 @@ def bench_training(config: RunConfig, family: BenchFamily, workers: dict, args) 
     steps = [family.step_batches(config, rng) for _ in range(args.warmup + args.steps)]
     warmup, timed, lr = steps[:args.warmup], steps[args.warmup:], config.train.learning_rate
     devices = {name: w.call("start", config, warmup, lr) for name, w in workers.items()}
+    parts = {name: w.call("parallel_parts") for name, w in workers.items()}
     blocks = {name: [] for name in workers}
     for _ in range(args.repeats):          # take turns, block by block
         for name, w in workers.items():
@@ -428,6 +426,7 @@ def bench_training(config: RunConfig, family: BenchFamily, workers: dict, args) 
         results[name] = {
             "device": devices[name],
             "hardware_profile": profile.name if profile else None,
+            "parallel_parts": parts[name],
             "step_s": spread(step_s),
             "steps_per_s": spread([1 / s for s in step_s]),
             f"{family.unit}_per_s": spread(per_s),
@@ -552,6 +551,11 @@ def markdown(report: dict) -> str:
                 metric = run["inference"]["mlx"]["metric"]
                 text += f"; MLX/torch {metric} = {rt['mlx_over_torch_inference']:.2f}x"
             notes.append(text)
+        parts = run["training"].get("mlx", {}).get("parallel_parts", 1)
+        if parts > 1:
+            notes.append(f"{run['model']} {run['config']}: MLX splits each micro-batch into {parts} "
+                         f"parts computed in parallel, one CPU stream and one BLAS thread each "
+                         f"(train.cpu_streams)")
         for name, inf in run.get("inference", {}).items():
             if "by_utterance_length" in inf:
                 per = ", ".join(f"{length}: {r['chunk_ms']['median']:.1f} ms/chunk (encoder "
@@ -564,7 +568,7 @@ def markdown(report: dict) -> str:
     notes.append(f"{settings['repeats']} blocks of {settings['steps']} steps after "
                  f"{settings['warmup']} warm-up steps; ± is half the min-max range over blocks.")
     notes.append(f"MLX BLAS: {mlx_env.get('blas', 'n/a')} ({mlx_env.get('blas_threads', '?')} "
-                 f"threads); torch threads: {torch_env.get('num_threads', 'n/a')}; "
+                 f"threads at start); torch threads: {torch_env.get('num_threads', 'n/a')}; "
                  f"load average at start: {', '.join(f'{x:.2f}' for x in env['load_average'] or [])}.")
     notes.append("MFU n/a: no known peak FLOP/s for the device. Peak memory n/a: torch on CPU "
                  "keeps no allocator statistics.")
@@ -649,8 +653,10 @@ def plan(args) -> list[tuple[str, RunConfig]]:
     """(config path, config) pairs; each config's family must be one of --models."""
     paths = args.configs or [str(REPO / c) for m in args.models for c in FAMILIES[m].default_configs]
     runs = []
+    # --threads N: N cores per backend, which for MLX on a CPU means N parallel parts.
+    overrides = args.overrides + ([f"train.cpu_streams={args.threads}"] if args.threads else [])
     for path in paths:
-        config = load_config(path, args.overrides)
+        config = load_config(path, overrides)
         if config.family not in args.models:
             raise ConfigError(f"{path} is a {config.family!r} config; add it to --models")
         runs.append((os.path.relpath(path) if os.path.isabs(path) else path, config))

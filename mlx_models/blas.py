@@ -68,3 +68,19 @@ def use_optimized_blas() -> str:
         return BLAS_IN_USE
     BLAS_IN_USE = os.path.realpath(path)
     return BLAS_IN_USE
+
+
+def openblas():
+    """The OpenBLAS loaded for MLX (a ctypes handle; loading again returns the same
+    library), or None when MLX uses Accelerate or the reference BLAS."""
+    if BLAS_IN_USE in ("reference", "accelerate"):
+        return None
+    lib = ctypes.CDLL(BLAS_IN_USE)
+    return lib if hasattr(lib, "openblas_get_config") else None
+
+
+def set_blas_threads(n: int) -> None:
+    """Threads of MLX's BLAS (OpenBLAS only; MLX's other CPU ops use one per stream)."""
+    lib = openblas()
+    if lib is not None:
+        lib.openblas_set_num_threads(int(n))

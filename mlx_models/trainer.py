@@ -5,14 +5,18 @@ only does what needs MLX: gradients, accumulation, clipping, the AdamW update.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
+from mlx_models.blas import set_blas_threads
 from mlx_models.models import LOSS_TERMS, LOSSES, build_model
 from mlx_models.weights import get_weights, set_weights, to_numpy
+from shared.config import available_cores, cpu_parts
 from shared.layout import from_backend, to_backend
 from shared.specs import family_of, get_family
 
@@ -31,6 +35,34 @@ def to_mx(batch):
     if isinstance(batch, dict):
         return {k: mx.array(v) for k, v in batch.items()}
     return mx.array(batch)
+
+
+def set_random_key(words) -> None:
+    """Make `words` (two uint32) MLX's global random key. seed(s) sets the key to
+    [s >> 32, s & 0xffffffff], so seeding with the words sets it exactly."""
+    hi, lo = (int(w) for w in words)
+    mx.random.seed((hi << 32) | lo)
+
+
+def cpu_streams(train, family: str) -> int:
+    """Parts per micro-batch (shared/config.py: cpu_parts) on a CPU; 1 on a GPU. MLX runs
+    each stream's ops on a thread of its own, and on a CPU only its BLAS is multi-threaded:
+    with one stream the element-wise ops, reductions and softmaxes leave the other cores
+    idle. A part per core uses them (tiny LM on 2 cores: 340 -> 260 ms per step)."""
+    parts = cpu_parts(train, family)  # raises for a cpu_streams the family cannot use
+    return parts if mx.default_device() == mx.cpu else 1
+
+
+def batch_parts(batch, n_parts: int) -> list:
+    """A numpy batch (an array, or a dict of arrays) in near-equal parts along axis 0."""
+    if isinstance(batch, dict):
+        columns = {k: np.array_split(v, n_parts) for k, v in batch.items()}
+        return [{k: parts[i] for k, parts in columns.items()} for i in range(n_parts)]
+    return np.array_split(batch, n_parts)
+
+
+def batch_length(batch) -> int:
+    return len(next(iter(batch.values()))) if isinstance(batch, dict) else len(batch)
 
 
 class Trainer:
@@ -53,7 +85,8 @@ class Trainer:
         # the cast's gradient brings the gradients back to fp32.
         self.compute_dtype = mx.bfloat16 if train.precision == "bf16" else mx.float32
         value_and_grad = nn.value_and_grad(self.model, self._cast_loss)
-        grad_fn, update_fn = (lambda batch: value_and_grad(self.model, batch)), self._update
+        grad_fn = lambda batch, weight: value_and_grad(self.model, batch, weight)  # noqa: E731
+        update_fn = self._update
         if train.compile:
             # State the compiled functions read and write must be declared, or it would be
             # frozen into the graph at the first call. The model is an output of the
@@ -63,12 +96,24 @@ class Trainer:
             state = [self.model.state, self.optimizer.state]
             update_fn = mx.compile(update_fn, inputs=state, outputs=state)
         self._grad_fn, self._update_fn = grad_fn, update_fn
+        n_streams = cpu_streams(train, family.name)
+        # A part's graph is built here, in order (so random draws are reproducible), and
+        # evaluated by a worker thread that owns its stream: MLX streams belong to the thread
+        # that made them. (Evaluating all parts in one mx.eval does not overlap them unless
+        # MLX's breadth-first width is raised, which costs activation checkpointing its savings.)
+        self._part_workers = [ThreadPoolExecutor(1, thread_name_prefix="mlx-part")
+                              for _ in range(n_streams if n_streams > 1 else 0)]
+        self._part_streams = [w.submit(mx.new_stream, mx.cpu).result() for w in self._part_workers]
+        if n_streams > 1:
+            # One BLAS thread per stream: more would compete for the same cores.
+            set_blas_threads(max(1, available_cores() // n_streams))
 
-    def _cast_loss(self, model, batch):
+    def _cast_loss(self, model, batch, weight):
+        """The loss times `weight` (a part's share of its micro-batch; 1 for a whole one)."""
         if self.compute_dtype != mx.float32:
             model.update(tree_map(lambda p: p.astype(self.compute_dtype),
                                   model.trainable_parameters()))
-        return self._loss_fn(model, batch)
+        return self._loss_fn(model, batch) * weight
 
     def _update(self, grads, lr):
         self.optimizer.learning_rate = lr
@@ -79,7 +124,7 @@ class Trainer:
         master = self.model.trainable_parameters()
         grads, total = None, 0.0
         for batch in micro_batches:
-            loss, g = self._grad_fn(to_mx(batch))
+            loss, g = self._micro_batch_gradients(batch)
             grads = g if grads is None else tree_map(mx.add, grads, g)
             # Evaluate now so only one micro-batch's graph is alive at a time:
             # memory stays flat as accumulation grows.
@@ -88,6 +133,41 @@ class Trainer:
         self.model.update(master)  # the forward left bf16 casts in place of the fp32 masters
         k = len(micro_batches)
         return total / k, tree_map(lambda g: g / k, grads)
+
+    @property
+    def parallel_parts(self) -> int:
+        """Parts each micro-batch is split into, computed in parallel (1: not split)."""
+        return max(1, len(self._part_workers))
+
+    def _micro_batch_gradients(self, batch):
+        """Loss and gradients of one numpy micro-batch. On several CPU streams: the mean of
+        its parts' losses and gradients weighted by their sizes -- the whole batch's, since
+        every example weighs the same in the loss -- with the parts computed concurrently."""
+        n_parts = min(len(self._part_workers), batch_length(batch))  # a short last batch
+        if n_parts <= 1:
+            return self._grad_fn(to_mx(batch), mx.array(1.0))
+        # A part may use nothing computed on another part's stream (its thread could not
+        # evaluate it): each starts from the master weights, and draws its random numbers
+        # (dropout) from a key of its own, made here and evaluated first.
+        master = self.model.trainable_parameters()
+        parts = batch_parts(batch, n_parts)
+        keys = np.array(mx.random.split(mx.random.state[0], len(parts) + 1))
+        total_size = batch_length(batch)
+        losses, grads, running = [], [], []
+        for worker, stream, part, key in zip(self._part_workers, self._part_streams, parts, keys):
+            self.model.update(master)
+            set_random_key(key)
+            with mx.stream(stream):
+                # Weighting the loss weights the gradients, with no copy of them.
+                loss, g = self._grad_fn(to_mx(part), mx.array(batch_length(part) / total_size))
+            losses.append(loss)
+            grads.append(g)
+            running.append(worker.submit(mx.eval, loss, g))
+        for job in running:
+            job.result()
+        self.model.update(master)
+        set_random_key(keys[-1])
+        return sum(losses[1:], losses[0]), tree_map(lambda *xs: sum(xs[1:], xs[0]), *grads)
 
     def gradients_numpy(self, micro_batches: list[np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
         """gradients() in canonical names and layout (for tests and tools)."""
@@ -187,10 +267,7 @@ class Trainer:
         """Restore the random state; False if `state` came from another backend."""
         if "mlx" not in state:
             return False
-        # The global key is two uint32 words, and seed(s) sets it to [s >> 32, s & 0xffffffff]:
-        # seeding with the saved words restores the key exactly.
-        hi, lo = (int(w) for w in state["mlx"])
-        mx.random.seed((hi << 32) | lo)
+        set_random_key(state["mlx"])
         return True
 
     def memory(self) -> tuple[int, int]:

@@ -8,6 +8,7 @@ from the command line are parsed as YAML scalars and applied before validation.
 from __future__ import annotations
 
 import difflib
+import os
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -140,6 +141,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     precision: str = "fp32"                # fp32 | bf16 | fp16 (fp16: torch CUDA only)
     compile: bool = False
+    cpu_streams: int = 0                   # MLX on a CPU: parallel parts per micro-batch; 0: one per core
     log_every: int = 10
     eval_every: int = 100
     eval_batches: int = 20
@@ -152,7 +154,7 @@ class TrainConfig:
                      "eval_every", "eval_batches", "save_every", "keep_last", "max_bad_steps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("seq_length", "warmup_steps"):
+        for name in ("seq_length", "warmup_steps", "cpu_streams"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not self.learning_rate > 0:
@@ -264,6 +266,27 @@ def parse_override(text: str) -> tuple[str, str, object]:
     return section, key, yaml.safe_load(raw) if raw != "" else ""
 
 
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def cpu_parts(train: TrainConfig, family: str) -> int:
+    """How many parts MLX splits each micro-batch into when it trains on a CPU, each part on
+    a stream (and thread) of its own (mlx_models/trainer.py): train.cpu_streams, or one per
+    core when 0, at most one per example. A family whose loss is not an equal-weight mean
+    over examples is not split (its parts' gradients would not add up to the batch's)."""
+    if not get_family(family).loss_is_mean_over_examples:
+        if train.cpu_streams > 1:
+            raise ConfigError(f"train.cpu_streams={train.cpu_streams}: the {family} loss is not a "
+                              f"mean over examples, so a micro-batch cannot be split into parts; "
+                              f"use train.cpu_streams=0 (this family then trains on one stream)")
+        return 1
+    return max(1, min(train.cpu_streams or available_cores(), train.batch_size))
+
+
 def config_from_dict(raw: dict, overrides: list[str] = ()) -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError("a config file must be a YAML mapping with sections family, model, "
@@ -292,6 +315,7 @@ def config_from_dict(raw: dict, overrides: list[str] = ()) -> RunConfig:
     for section in sections.values():
         section.validate()
     config = RunConfig(family=family, model=model, **sections)
+    cpu_parts(config.train, family)  # rejects train.cpu_streams > 1 where parts cannot work
     if family == "lm" and config.seq_length > config.model.max_seq_length:
         raise ConfigError(f"train.seq_length ({config.seq_length}) exceeds model.max_seq_length "
                           f"({config.model.max_seq_length})")

@@ -21,7 +21,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from shared.config import cpu_parts
 from shared.hardware import HardwareProfile
+from shared.specs import get_family
 from shared.specs.lm import LMSpec, lm_param_counts
 
 GB = 1e9
@@ -486,6 +488,19 @@ def plan(config, backend: str, attention: str | None = None) -> MemoryPlan:
     if backend not in ("mlx", "torch"):
         raise ValueError(f"unknown backend {backend!r}; expected mlx or torch")
     device_type = "cpu" if config.hardware.device == "cpu" else "cuda"
+    result = _family_plan(config, backend, attention, device_type)
+    parts = cpu_parts(config.train, config.family) if (backend, device_type) == ("mlx", "cpu") else 1
+    if parts > 1:
+        # Each part's gradients are computed whole before they are added up.
+        n = get_family(config.family).param_counts(config.model)["total"]
+        extra = Term("gradients of parallel CPU parts", 4 * n * (parts - 1),
+                     f"{parts} parts of each micro-batch on parallel CPU streams "
+                     f"(train.cpu_streams), one float32 gradient each")
+        result = dataclasses.replace(result, terms=result.terms + [extra])
+    return result
+
+
+def _family_plan(config, backend: str, attention: str | None, device_type: str) -> MemoryPlan:
     # torch's SDPA uses its fused kernels on CUDA unless told otherwise, the math path elsewhere.
     default = "math" if device_type == "cpu" else "flash"
     if config.family == "lm":

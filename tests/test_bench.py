@@ -38,6 +38,9 @@ def test_bench_writes_table_json_and_plot_for_both_backends(tmp_path):
         assert g["new_tokens"] == 4 and g["decode_tokens_per_s"]["median"] > 0
         assert g["metric"] == "decode tokens/s" and g["value"] == g["decode_tokens_per_s"]
     assert run["training"]["mlx"]["peak_memory_bytes"]["median"] > 0
+    from shared.config import available_cores
+    assert run["training"]["mlx"]["parallel_parts"] == min(available_cores(), 4)
+    assert run["training"]["torch"]["parallel_parts"] == 1
     assert run["training"]["torch"]["peak_memory_bytes"] is None   # torch on CPU: no stats
     assert run["ratios"]["mlx_over_torch_step_time"]["median"] > 0
     table = (tmp_path / "bench.md").read_text()
@@ -61,6 +64,16 @@ def test_bench_separation_training_and_speed(tmp_path):
         sep = run["inference"][backend]
         assert sep["metric"] == "x real time" and sep["audio_seconds"] == 2.0 and sep["value"]["median"] > 0
     assert "x real time" in out.stdout and "audio_s/s" in out.stdout
+
+
+def test_bench_threads_sets_the_mlx_parts(tmp_path):
+    """--threads N: N cores per backend, so MLX splits micro-batches into N parts."""
+    out = run_bench("--configs", "configs/tiny.yaml", "--backends", "mlx", "--steps", "1",
+                    "--repeats", "1", "--warmup", "1", "--gen-tokens", "0", "--threads", "1",
+                    "--json", str(tmp_path / "b.json"), "train.batch_size=2")
+    assert out.returncode == 0, out.stderr
+    [run] = json.loads((tmp_path / "b.json").read_text())["runs"]
+    assert run["training"]["mlx"]["parallel_parts"] == 1
 
 
 def test_bench_rejects_unknown_names_and_bad_configs(tmp_path):

@@ -24,6 +24,11 @@ class Family:
     manifest: Callable[[Any], list[ParamSpec]]
     init_weights: Callable[[Any, int], dict[str, np.ndarray]]
     param_counts: Callable[[Any], dict[str, int]]
+    # The training loss is an equal-weight mean over the batch's examples, so a batch split
+    # into parts gives the same gradient as the size-weighted mean of the parts' gradients
+    # (MLX's parallel CPU streams rely on it). EchoStream's MT term averages over all the
+    # batch's target tokens instead: its parts would be weighted differently.
+    loss_is_mean_over_examples: bool = True
 
 
 FAMILIES: dict[str, Family] = {
@@ -33,7 +38,8 @@ FAMILIES: dict[str, Family] = {
     "bandsplit": Family("bandsplit", BandSplitSpec, bandsplit_manifest, bandsplit_init_weights,
                         bandsplit_param_counts),
     "echostream": Family("echostream", EchoStreamSpec, echostream_manifest,
-                         echostream_init_weights, echostream_param_counts),
+                         echostream_init_weights, echostream_param_counts,
+                         loss_is_mean_over_examples=False),
 }
 
 
