@@ -211,8 +211,10 @@ class MLXBackend(Backend):
         import mlx_models  # noqa: F401  -- loads OpenBLAS before mlx.core (Linux)
         import mlx.core as mx
         from mlx_models import models
+        from mlx_models.blas import blas_thread_count
         from mlx_models.trainer import Trainer
         self.mx, self.models, self.Trainer = mx, models, Trainer
+        self.blas_threads = blas_thread_count()
 
     def device(self) -> str:
         if self.mx.default_device() == self.mx.cpu:
@@ -234,9 +236,17 @@ class MLXBackend(Backend):
         trainer's parallel parts: --threads sets train.cpu_streams too.)"""
         from mlx_models.blas import set_blas_threads
         set_blas_threads(n)
+        self.blas_threads = n
 
     def parallel_parts(self) -> int:
         return self.trainer.parallel_parts
+
+    def finish(self) -> None:
+        """The trainer set one BLAS thread per parallel part for the process; inference
+        (timed next) gets the bench's own count back."""
+        from mlx_models.blas import set_blas_threads
+        super().finish()
+        set_blas_threads(self.blas_threads)
 
     def environment(self) -> dict:
         import ctypes

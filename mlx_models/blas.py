@@ -80,7 +80,14 @@ def openblas():
 
 
 def set_blas_threads(n: int) -> None:
-    """Threads of MLX's BLAS (OpenBLAS only; MLX's other CPU ops use one per stream)."""
+    """Threads of MLX's BLAS (OpenBLAS only; MLX's other CPU ops use one per stream).
+    mlx-data's loader threads also set it (to 1 while they work, then back), through the
+    same global symbol."""
     lib = openblas()
     if lib is not None:
         lib.openblas_set_num_threads(int(n))
+
+
+def blas_thread_count() -> int | None:
+    lib = openblas()
+    return None if lib is None else lib.openblas_get_num_threads()

@@ -5,24 +5,29 @@ import sys
 import mlx.core as mx
 import numpy as np
 
-from mlx_models.trainer import Trainer
+from mlx_models.trainer import Trainer, cpu_streams
 from shared.batch_finder import OutOfMemory, main
-from shared.memory import with_overrides
+from shared.memory import parts_gradient_bytes, with_overrides
 from shared.synthetic import random_batch
 
 
 def make_probe(config):
     def probe(batch: int) -> float:
         cfg = with_overrides(config, {"train.batch_size": batch, "train.gradient_accumulation_steps": 1})
+        # Parallel CPU parts peak wherever their threads happen to interleave, different
+        # from run to run. One stream is the repeatable worst case of their activations;
+        # the parts add their gradient copies to it.
+        parts = cpu_streams(cfg.train, cfg.family)
+        one_stream = with_overrides(cfg, {"train.cpu_streams": 1})
         gc.collect()
         mx.clear_cache()
         try:
-            trainer = Trainer(cfg.model, cfg.train)
+            trainer = Trainer(one_stream.model, one_stream.train)
             micro = random_batch(cfg, batch, np.random.default_rng(0))
             mx.reset_peak_memory()
             for _ in range(2):  # the second step runs with the optimizer state allocated
                 trainer.train_step([micro], cfg.train.learning_rate)
-            return mx.get_peak_memory()
+            return mx.get_peak_memory() + parts_gradient_bytes(cfg, parts)
         except RuntimeError as e:  # MLX reports a failed allocation as RuntimeError
             if "memory" in str(e).lower() or "alloc" in str(e).lower():
                 raise OutOfMemory(str(e)) from None

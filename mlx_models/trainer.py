@@ -5,7 +5,7 @@ only does what needs MLX: gradients, accumulation, clipping, the AdamW update.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -105,7 +105,9 @@ class Trainer:
                               for _ in range(n_streams if n_streams > 1 else 0)]
         self._part_streams = [w.submit(mx.new_stream, mx.cpu).result() for w in self._part_workers]
         if n_streams > 1:
-            # One BLAS thread per stream: more would compete for the same cores.
+            # One BLAS thread per part: more would compete for the same cores. Set for the
+            # process, not per step: toggling it would race with mlx-data's loader threads,
+            # which set it too, and OpenBLAS's results depend (slightly) on the count.
             set_blas_threads(max(1, available_cores() // n_streams))
 
     def _cast_loss(self, model, batch, weight):
@@ -154,18 +156,22 @@ class Trainer:
         keys = np.array(mx.random.split(mx.random.state[0], len(parts) + 1))
         total_size = batch_length(batch)
         losses, grads, running = [], [], []
-        for worker, stream, part, key in zip(self._part_workers, self._part_streams, parts, keys):
+        # One BLAS thread per part: more would compete for the same cores.
+        try:
+            for worker, stream, part, key in zip(self._part_workers, self._part_streams, parts, keys):
+                self.model.update(master)
+                set_random_key(key)
+                with mx.stream(stream):
+                    # Weighting the loss weights the gradients, with no copy of them.
+                    loss, g = self._grad_fn(to_mx(part), mx.array(batch_length(part) / total_size))
+                losses.append(loss)
+                grads.append(g)
+                running.append(worker.submit(mx.eval, loss, g))
+        finally:
+            wait(running)  # every part done (or failed) before anything else runs
             self.model.update(master)
-            set_random_key(key)
-            with mx.stream(stream):
-                # Weighting the loss weights the gradients, with no copy of them.
-                loss, g = self._grad_fn(to_mx(part), mx.array(batch_length(part) / total_size))
-            losses.append(loss)
-            grads.append(g)
-            running.append(worker.submit(mx.eval, loss, g))
         for job in running:
-            job.result()
-        self.model.update(master)
+            job.result()   # a part's error (out of memory, say) is raised here
         set_random_key(keys[-1])
         return sum(losses[1:], losses[0]), tree_map(lambda *xs: sum(xs[1:], xs[0]), *grads)
 

@@ -491,13 +491,18 @@ def plan(config, backend: str, attention: str | None = None) -> MemoryPlan:
     result = _family_plan(config, backend, attention, device_type)
     parts = cpu_parts(config.train, config.family) if (backend, device_type) == ("mlx", "cpu") else 1
     if parts > 1:
-        # Each part's gradients are computed whole before they are added up.
-        n = get_family(config.family).param_counts(config.model)["total"]
-        extra = Term("gradients of parallel CPU parts", 4 * n * (parts - 1),
+        extra = Term("gradients of parallel CPU parts", parts_gradient_bytes(config, parts),
                      f"{parts} parts of each micro-batch on parallel CPU streams "
                      f"(train.cpu_streams), one float32 gradient each")
         result = dataclasses.replace(result, terms=result.terms + [extra])
     return result
+
+
+def parts_gradient_bytes(config, parts: int) -> float:
+    """What MLX's parallel CPU parts hold beyond one stream's step: each part's gradients
+    are whole before they are added up, one float32 copy per extra part. (Their
+    activations add up to the whole batch's at most.)"""
+    return 4 * get_family(config.family).param_counts(config.model)["total"] * (parts - 1)
 
 
 def _family_plan(config, backend: str, attention: str | None, device_type: str) -> MemoryPlan:
