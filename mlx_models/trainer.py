@@ -156,7 +156,6 @@ class Trainer:
         keys = np.array(mx.random.split(mx.random.state[0], len(parts) + 1))
         total_size = batch_length(batch)
         losses, grads, running = [], [], []
-        # One BLAS thread per part: more would compete for the same cores.
         try:
             for worker, stream, part, key in zip(self._part_workers, self._part_streams, parts, keys):
                 self.model.update(master)
