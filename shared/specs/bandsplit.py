@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared.specs.base import (BIAS, CONV1D, LINEAR, NORM, OTHER, ParamSpec, SpecError, check_int,
-                               count_params)
+                               count_params, torch_default_init)
 from shared.specs.tflocoformer import LOSSES, SOURCES, check_separation_training  # noqa: F401  (same stems, same objectives)
 
 SEQUENCE_LAYERS = ("mamba2", "transformer")
@@ -250,12 +250,9 @@ def bandsplit_init_weights(spec: BandSplitSpec, seed: int = 0) -> dict[str, np.n
             dt = np.exp(rng.uniform(np.log(DT_MIN), np.log(DT_MAX), p.shape))
             dt = np.maximum(dt, DT_FLOOR)
             value = dt + np.log(-np.expm1(-dt))         # softplus(value) == dt
-        elif leaf == "D" or p.kind == NORM:
+        elif leaf == "D":
             value = np.ones(p.shape)
-        elif p.kind == BIAS:
-            value = np.zeros(p.shape)
         else:
-            bound = 1.0 / np.sqrt(int(np.prod(p.shape[1:])))
-            value = rng.uniform(-bound, bound, p.shape)
+            value = torch_default_init(p, rng)
         weights[p.name] = value.astype(np.float32)
     return weights

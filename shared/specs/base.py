@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 # Layout kinds. Only convolutions differ between MLX (channels-last) and torch.
 LINEAR = "linear"                      # (out, in) on both backends
 EMBEDDING = "embedding"                # (num, dim) on both backends
@@ -54,3 +56,16 @@ def manifest_dict(manifest: list[ParamSpec]) -> dict[str, ParamSpec]:
 
 def count_params(manifest: list[ParamSpec]) -> int:
     return sum(p.numel for p in manifest)
+
+
+def torch_default_init(p: ParamSpec, rng: np.random.Generator) -> np.ndarray:
+    """torch's default initial value of a parameter, float32: norm scales ones, biases
+    zeros, weights U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming-uniform with a=sqrt(5)),
+    fan_in = prod(shape[1:]) of the canonical shape -- the dimension torch itself uses
+    (for a transposed conv, out_channels * kernel)."""
+    if p.kind == NORM:
+        return np.ones(p.shape, np.float32)
+    if p.kind == BIAS:
+        return np.zeros(p.shape, np.float32)
+    bound = 1.0 / np.sqrt(int(np.prod(p.shape[1:])))
+    return rng.uniform(-bound, bound, p.shape).astype(np.float32)

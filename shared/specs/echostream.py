@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared.specs.base import (BIAS, CONV1D, EMBEDDING, LINEAR, NORM, ParamSpec, SpecError, check_int,
-                               count_params)
+                               count_params, torch_default_init)
 
 # Token ids shared with the data side. SentencePiece models are trained with pad_id=0,
 # unk_id=1, bos_id=2, eos_id=3; id 0 is also the CTC blank of every CTC head.
@@ -327,15 +327,10 @@ def echostream_init_weights(spec: EchoStreamSpec, seed: int = 0) -> dict[str, np
     rng = np.random.default_rng(seed)
     weights = {}
     for p in echostream_manifest(spec):
-        if p.kind == NORM:
-            weights[p.name] = np.ones(p.shape, np.float32)
-        elif p.kind == BIAS:
-            weights[p.name] = np.zeros(p.shape, np.float32)
-        elif p.kind == EMBEDDING:
+        if p.kind == EMBEDDING:
             table = rng.normal(0.0, p.shape[1] ** -0.5, p.shape).astype(np.float32)
             table[PAD] = 0.0
             weights[p.name] = table
         else:
-            bound = 1.0 / np.sqrt(int(np.prod(p.shape[1:])))
-            weights[p.name] = rng.uniform(-bound, bound, p.shape).astype(np.float32)
+            weights[p.name] = torch_default_init(p, rng)
     return weights

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared.specs.base import (BIAS, CONV1D, CONV2D, CONV_TRANSPOSE1D, CONV_TRANSPOSE2D, LINEAR, NORM,
-                               ParamSpec, SpecError, check_int, count_params)
+                               ParamSpec, SpecError, check_int, count_params, torch_default_init)
 
 SOURCES = ("vocals", "drums", "bass", "other")  # MUSDB18 order of the decoder's outputs
 LOSSES = ("l1_mrstft", "si_sdr")
@@ -164,20 +164,7 @@ def tflocoformer_param_counts(spec: TFLocoformerSpec) -> dict[str, int]:
 
 
 def tflocoformer_init_weights(spec: TFLocoformerSpec, seed: int = 0) -> dict[str, np.ndarray]:
-    """Initial weights in canonical layout, float32, identical for both backends.
-
-    Convolution and linear weights follow torch's default (kaiming-uniform with a=sqrt(5)):
-    U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = prod(shape[1:]) of the canonical shape,
-    the dimension torch itself uses (for a transposed conv that is out_channels * kernel).
-    Biases are zeros, norm scales ones."""
+    """Initial weights in canonical layout, float32, identical for both backends: torch's
+    defaults (shared/specs/base.py: torch_default_init)."""
     rng = np.random.default_rng(seed)
-    weights = {}
-    for p in tflocoformer_manifest(spec):
-        if p.kind == NORM:
-            weights[p.name] = np.ones(p.shape, np.float32)
-        elif p.kind == BIAS:
-            weights[p.name] = np.zeros(p.shape, np.float32)
-        else:
-            bound = 1.0 / np.sqrt(int(np.prod(p.shape[1:])))
-            weights[p.name] = rng.uniform(-bound, bound, p.shape).astype(np.float32)
-    return weights
+    return {p.name: torch_default_init(p, rng) for p in tflocoformer_manifest(spec)}
