@@ -4,8 +4,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from mlx.utils import tree_flatten
 
+import mlx_models.models as mlx_models_io
+import torch_models.models as torch_models_io
 from mlx_models.trainer import Trainer as MLXTrainer
+from shared.checkpoint import load_checkpoint
+from shared.layout import backend_shape
 from torch_models.trainer import Trainer as TorchTrainer
 
 # Trainer classes by backend; torch pinned to the CPU so tests match on any machine.
@@ -47,3 +52,31 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def bits(weights) -> dict[str, bytes]:
+    """Each array's raw bytes: equal only if bit-identical (NaN payloads and -0.0 too)."""
+    return {k: np.ascontiguousarray(v).view(np.uint8).tobytes() for k, v in weights.items()}
+
+
+def assert_trees_match_manifest(mlx_model, torch_model, manifest) -> None:
+    """Both backends' parameter names and shapes are the manifest's, in each native layout."""
+    mlx_tree = {k: tuple(v.shape) for k, v in tree_flatten(mlx_model.parameters())}
+    torch_tree = {k: tuple(v.shape) for k, v in torch_model.named_parameters()}
+    assert mlx_tree == {p.name: backend_shape(p, "mlx") for p in manifest}
+    assert torch_tree == {p.name: backend_shape(p, "torch") for p in manifest}
+
+
+def round_trip_mlx_torch_mlx(mlx_model, tmp_path):
+    """Save an MLX model, load and save it with torch, load and save it with MLX again;
+    both later checkpoints must hold the first one's weights bit for bit. Returns the
+    first checkpoint's weights and config, the torch model and the MLX model loaded back."""
+    mlx_models_io.save_model(mlx_model, tmp_path / "from_mlx")
+    original, config = load_checkpoint(tmp_path / "from_mlx")
+    torch_model, _ = torch_models_io.load_model(tmp_path / "from_mlx")
+    torch_models_io.save_model(torch_model, tmp_path / "from_torch")
+    mlx_again, _ = mlx_models_io.load_model(tmp_path / "from_torch")
+    mlx_models_io.save_model(mlx_again, tmp_path / "back_to_mlx")
+    for name in ("from_torch", "back_to_mlx"):
+        assert bits(load_checkpoint(tmp_path / name)[0]) == bits(original), name
+    return original, config, torch_model, mlx_again

@@ -10,20 +10,18 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from mlx.utils import tree_flatten
 
 import mlx_models.bandsplit as mbs
 import mlx_models.models as mm
 import torch_models.bandsplit as tbs
 import torch_models.models as tm
 from mlx_models.trainer import Trainer as MLXTrainer
-from shared.checkpoint import load_checkpoint
 from shared.config import TrainConfig
-from shared.layout import backend_shape
 from shared.specs.bandsplit import (BandSplitSpec, bandsplit_init_weights, bandsplit_manifest,
                                     bandsplit_param_counts)
 from torch_models.trainer import Trainer as TorchTrainer
-from tests.helpers import rel_err, stems_batch, one_torch_thread  # noqa: F401  (an autouse fixture)
+from tests.helpers import (assert_trees_match_manifest, one_torch_thread,  # noqa: F401  (an autouse fixture)
+                           rel_err, round_trip_mlx_torch_mlx, stems_batch)
 
 SAMPLE_RATE, LENGTH = 8000, 1600  # 0.2 s: 51 frames x 65 bins at n_fft 128, hop 32
 LAYERS = ["mamba2", "transformer"]
@@ -48,12 +46,8 @@ def train_config(**changes) -> TrainConfig:
 @pytest.mark.parametrize("layer", LAYERS)
 def test_parameter_trees_match_manifest(layer):
     spec = tiny_spec(layer)
-    manifest = bandsplit_manifest(spec)
-    mlx_tree = {k: tuple(v.shape) for k, v in tree_flatten(mbs.BandSplitSeparator(spec).parameters())}
     torch_model = tbs.BandSplitSeparator(spec)
-    torch_tree = {k: tuple(v.shape) for k, v in torch_model.named_parameters()}
-    assert mlx_tree == {p.name: backend_shape(p, "mlx") for p in manifest}
-    assert torch_tree == {p.name: backend_shape(p, "torch") for p in manifest}
+    assert_trees_match_manifest(mbs.BandSplitSeparator(spec), torch_model, bandsplit_manifest(spec))
     counts = bandsplit_param_counts(spec)
     assert counts["total"] == sum(v.numel() for v in torch_model.parameters())
     assert counts["total"] == counts["band_split"] + counts["dual_path"] + counts["mask_estimators"]
@@ -148,24 +142,13 @@ def test_bf16_training_step_runs_on_both(layer):
         assert not out["skipped"] and out["loss"] == pytest.approx(reference, rel=0.05), (trainer.backend, out)
 
 
-def bits(weights):
-    return {k: np.ascontiguousarray(v).view(np.uint8).tobytes() for k, v in weights.items()}
-
-
 def test_checkpoint_round_trip_mlx_torch_mlx(tmp_path):
     """Weights (the depthwise conv1d's layout included) go MLX -> canonical -> torch ->
     canonical -> MLX without changing a bit; the spec's band table travels along."""
     spec = tiny_spec("mamba2", band_widths=(5, 10, 20, 30))
-    mm.save_model(mm.build_model(spec, seed=11), tmp_path / "from_mlx")
-    original, config = load_checkpoint(tmp_path / "from_mlx")
+    _, config, torch_model, mlx_again = round_trip_mlx_torch_mlx(mm.build_model(spec, seed=11), tmp_path)
     assert config["family"] == "bandsplit" and config["model"]["band_widths"] == [5, 10, 20, 30]
-    torch_model, _ = tm.load_model(tmp_path / "from_mlx")
     assert torch_model.spec == spec
-    tm.save_model(torch_model, tmp_path / "from_torch")
-    mlx_again, _ = mm.load_model(tmp_path / "from_torch")
-    mm.save_model(mlx_again, tmp_path / "back_to_mlx")
-    for name in ("from_torch", "back_to_mlx"):
-        assert bits(load_checkpoint(tmp_path / name)[0]) == bits(original), name
     mixture = batch(spec, size=1, seed=12)["mixture"]
     with torch.no_grad():
         out_b = torch_model(torch.from_numpy(mixture)).numpy()

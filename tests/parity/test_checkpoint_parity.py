@@ -10,10 +10,7 @@ from mlx.utils import tree_map
 import mlx_models.models as mm
 import torch_models.models as tm
 from shared.checkpoint import CheckpointError, load_checkpoint
-
-
-def bits(weights):
-    return {k: np.ascontiguousarray(v).view(np.uint8).tobytes() for k, v in weights.items()}
+from tests.helpers import bits, round_trip_mlx_torch_mlx
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -21,20 +18,10 @@ def test_mlx_torch_mlx_round_trip_is_bit_identical(tmp_path, tiny_lm_spec, dtype
     model = mm.build_model(tiny_lm_spec, seed=3)
     if dtype == "bfloat16":
         model.update(tree_map(lambda p: p.astype(mx.bfloat16), model.parameters()))
-    mm.save_model(model, tmp_path / "from_mlx")
-    original, _ = load_checkpoint(tmp_path / "from_mlx")
+    original, _, torch_model, _ = round_trip_mlx_torch_mlx(model, tmp_path)
     assert all(v.dtype == np.dtype(getattr(ml_dtypes, dtype, dtype)) for v in original.values())
-
-    torch_model, config = tm.load_model(tmp_path / "from_mlx")
     expected_torch = torch.bfloat16 if dtype == "bfloat16" else torch.float32
     assert all(p.dtype == expected_torch for p in torch_model.parameters())
-    tm.save_model(torch_model, tmp_path / "from_torch")
-
-    mlx_again, _ = mm.load_model(tmp_path / "from_torch")
-    mm.save_model(mlx_again, tmp_path / "back_to_mlx")
-    for name in ("from_torch", "back_to_mlx"):
-        weights, _ = load_checkpoint(tmp_path / name)
-        assert bits(weights) == bits(original), name
 
 
 def test_torch_checkpoint_loads_in_mlx_with_same_logits(tmp_path, tiny_lm_spec):

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from mlx.utils import tree_flatten
 
 import mlx_models.echostream as mes
 import mlx_models.models as mm
@@ -19,13 +18,12 @@ import torch_models.echostream as tes
 import torch_models.models as tm
 from mlx_models.trainer import Trainer as MLXTrainer
 from shared.config import TrainConfig
-from shared.layout import backend_shape
 from shared.specs import SpecError, spec_from_dict
 from shared.specs.echostream import (BOS, EOS, PAD, EchoStreamSpec, echostream_init_weights,
                                      echostream_manifest, echostream_param_counts, encoder_length,
                                      unit_id)
 from torch_models.trainer import Trainer as TorchTrainer
-from tests.helpers import rel_err, one_torch_thread  # noqa: F401  (an autouse fixture)
+from tests.helpers import assert_trees_match_manifest, rel_err, one_torch_thread  # noqa: F401  (an autouse fixture)
 
 
 def tiny_spec(**changes) -> EchoStreamSpec:
@@ -86,11 +84,7 @@ def to_torch(b):
 
 
 def test_parameter_trees_match_manifest(spec):
-    manifest = echostream_manifest(spec)
-    mlx_tree = {k: tuple(v.shape) for k, v in tree_flatten(mes.EchoStream(spec).parameters())}
-    torch_tree = {k: tuple(v.shape) for k, v in tes.EchoStream(spec).named_parameters()}
-    assert mlx_tree == {p.name: backend_shape(p, "mlx") for p in manifest}
-    assert torch_tree == {p.name: backend_shape(p, "torch") for p in manifest}
+    assert_trees_match_manifest(mes.EchoStream(spec), tes.EchoStream(spec), echostream_manifest(spec))
 
 
 def test_default_sizes_near_seed_000():

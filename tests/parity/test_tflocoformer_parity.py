@@ -17,14 +17,14 @@ import mlx_models.tflocoformer as mtl
 import torch_models.models as tm
 import torch_models.tflocoformer as ttl
 from mlx_models.trainer import Trainer as MLXTrainer
-from shared.checkpoint import load_checkpoint
 from shared.config import TrainConfig
-from shared.layout import backend_shape, from_backend
+from shared.layout import from_backend
 from shared.specs import SpecError, spec_from_dict
 from shared.specs.tflocoformer import (TFLocoformerSpec, tflocoformer_init_weights,
                                        tflocoformer_manifest, tflocoformer_param_counts)
 from torch_models.trainer import Trainer as TorchTrainer
-from tests.helpers import rel_err, stems_batch, one_torch_thread  # noqa: F401  (an autouse fixture)
+from tests.helpers import (assert_trees_match_manifest, one_torch_thread,  # noqa: F401  (an autouse fixture)
+                           rel_err, round_trip_mlx_torch_mlx, stems_batch)
 
 SAMPLE_RATE, LENGTH = 8000, 1600  # 0.2 s: 26 frames x 129 bins at n_fft 256, hop 64
 
@@ -63,11 +63,7 @@ def torch_grads(model, b):
 
 
 def test_parameter_trees_match_manifest(spec):
-    manifest = tflocoformer_manifest(spec)
-    mlx_tree = {k: tuple(v.shape) for k, v in tree_flatten(mtl.TFLocoformer(spec).parameters())}
-    torch_tree = {k: tuple(v.shape) for k, v in ttl.TFLocoformer(spec).named_parameters()}
-    assert mlx_tree == {p.name: backend_shape(p, "mlx") for p in manifest}
-    assert torch_tree == {p.name: backend_shape(p, "torch") for p in manifest}
+    assert_trees_match_manifest(mtl.TFLocoformer(spec), ttl.TFLocoformer(spec), tflocoformer_manifest(spec))
     assert tflocoformer_param_counts(spec)["total"] == sum(v.numel() for v in ttl.TFLocoformer(spec).parameters())
 
 
@@ -192,23 +188,12 @@ def test_twenty_step_loss_curves(spec, objective, lr, record):
         assert err <= 1e-4, (i, curve_a[i], curve_b[i])
 
 
-def bits(weights):
-    return {k: np.ascontiguousarray(v).view(np.uint8).tobytes() for k, v in weights.items()}
-
-
 def test_checkpoint_round_trip_mlx_torch_mlx(tmp_path, spec):
     """Every conv layout (conv1d, conv2d, conv_transpose1d/2d) goes MLX -> canonical ->
     torch -> canonical -> MLX without changing a bit."""
-    mm.save_model(mm.build_model(spec, seed=11), tmp_path / "from_mlx")
-    original, config = load_checkpoint(tmp_path / "from_mlx")
+    _, config, torch_model, mlx_again = round_trip_mlx_torch_mlx(mm.build_model(spec, seed=11), tmp_path)
     assert config["family"] == "tflocoformer" and config["model"]["ffn_hidden_dim"] == [24, 24]
-    torch_model, _ = tm.load_model(tmp_path / "from_mlx")
     assert torch_model.spec == spec
-    tm.save_model(torch_model, tmp_path / "from_torch")
-    mlx_again, _ = mm.load_model(tmp_path / "from_torch")
-    mm.save_model(mlx_again, tmp_path / "back_to_mlx")
-    for name in ("from_torch", "back_to_mlx"):
-        assert bits(load_checkpoint(tmp_path / name)[0]) == bits(original), name
     # And the torch-loaded model computes what the MLX model it came from computes.
     mixture = batch(spec, size=1, seed=12)["mixture"]
     with torch.no_grad():
