@@ -5,7 +5,6 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_models.models import load_model
-from shared.checkpoint import CheckpointError
 from shared.generate_cli import main
 
 
@@ -22,9 +21,7 @@ def decoder(model):
 
 
 def load(checkpoint):
-    model, config = load_model(checkpoint)
-    if config["family"] != "lm":
-        raise CheckpointError(f"{checkpoint} holds a {config['family']!r} model, not an LM")
+    model, config = load_model(checkpoint, expect=("lm",), what="an LM")
     model.eval()
     return decoder(model), model.spec
 

@@ -5,16 +5,11 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_models.models import load_model
-from shared.checkpoint import CheckpointError
-from shared.separate_cli import main
-
-SEPARATORS = ("tflocoformer", "bandsplit")
+from shared.separate_cli import SEPARATORS, main
 
 
 def load(checkpoint):
-    model, config = load_model(checkpoint)
-    if config["family"] not in SEPARATORS:
-        raise CheckpointError(f"{checkpoint} holds a {config['family']!r} model, not a separator")
+    model, config = load_model(checkpoint, expect=SEPARATORS, what="a separator")
     return chunk_runner(model), config
 
 

@@ -6,7 +6,6 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_models.models import load_model
-from shared.checkpoint import CheckpointError
 from shared.stream_cli import main
 
 
@@ -60,9 +59,7 @@ class StreamSession:
 
 
 def load(checkpoint):
-    model, config = load_model(checkpoint)
-    if config["family"] != "echostream":
-        raise CheckpointError(f"{checkpoint} holds a {config['family']!r} model, not EchoStream")
+    model, config = load_model(checkpoint, expect=("echostream",), what="EchoStream")
     model.eval()
     return (lambda: StreamSession(model)), config
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.checkpoint import checkpoint_config, open_checkpoint, save_checkpoint
+from shared.checkpoint import CheckpointError, checkpoint_config, open_checkpoint, save_checkpoint
 from shared.specs import family_of, get_family
 
 
@@ -31,9 +31,13 @@ def save_model(model, directory: str | Path, get_weights, extra_config: dict | N
                            checkpoint_config(model.spec, extra_config))
 
 
-def load_model(directory: str | Path, classes: dict, set_weights):
-    """Rebuild the model a checkpoint was saved from; returns (model, config)."""
+def load_model(directory: str | Path, classes: dict, set_weights, expect: tuple[str, ...] = (),
+               what: str = ""):
+    """Rebuild the model a checkpoint was saved from; returns (model, config). With `expect`,
+    a checkpoint of any other family is a CheckpointError naming `what` was wanted."""
     family, spec, manifest, weights, config = open_checkpoint(directory)
+    if expect and family not in expect:
+        raise CheckpointError(f"{directory} holds a {family!r} model, not {what}")
     model = classes[family](spec)
     set_weights(model, manifest, weights, source=f"checkpoint {directory}")
     return model, config

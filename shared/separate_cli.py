@@ -18,6 +18,8 @@ import soundfile as sf
 from shared.checkpoint import CheckpointError
 from shared.cli import run_cli
 from shared.data.lm_text import DataError
+
+SEPARATORS = ("tflocoformer", "bandsplit")   # the families this CLI can run
 from shared.data.musdb import STEMS
 from shared.generate_cli import resolve_checkpoint
 from shared.separation import separate

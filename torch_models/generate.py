@@ -4,7 +4,6 @@ import sys
 import numpy as np
 import torch
 
-from shared.checkpoint import CheckpointError
 from shared.generate_cli import main
 from torch_models.models import load_model
 from torch_models.trainer import default_device
@@ -24,9 +23,7 @@ def decoder(model, device):
 
 
 def load(checkpoint):
-    model, config = load_model(checkpoint)
-    if config["family"] != "lm":
-        raise CheckpointError(f"{checkpoint} holds a {config['family']!r} model, not an LM")
+    model, config = load_model(checkpoint, expect=("lm",), what="an LM")
     device = default_device()
     model = model.to(device).eval()
     return decoder(model, device), model.spec

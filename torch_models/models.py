@@ -26,6 +26,7 @@ def save_model(model, directory: str | Path, extra_config: dict | None = None) -
     return model_io.save_model(model, directory, get_weights, extra_config)
 
 
-def load_model(directory: str | Path):
-    """Rebuild the model a checkpoint was saved from; returns (model, config)."""
-    return model_io.load_model(directory, MODEL_CLASSES, set_weights)
+def load_model(directory: str | Path, expect: tuple[str, ...] = (), what: str = ""):
+    """Rebuild the model a checkpoint was saved from; returns (model, config). `expect`:
+    the families the caller can use (shared/model_io.py)."""
+    return model_io.load_model(directory, MODEL_CLASSES, set_weights, expect, what)

@@ -4,18 +4,13 @@ import sys
 import numpy as np
 import torch
 
-from shared.checkpoint import CheckpointError
-from shared.separate_cli import main
+from shared.separate_cli import SEPARATORS, main
 from torch_models.models import load_model
 from torch_models.trainer import default_device
 
-SEPARATORS = ("tflocoformer", "bandsplit")
-
 
 def load(checkpoint):
-    model, config = load_model(checkpoint)
-    if config["family"] not in SEPARATORS:
-        raise CheckpointError(f"{checkpoint} holds a {config['family']!r} model, not a separator")
+    model, config = load_model(checkpoint, expect=SEPARATORS, what="a separator")
     return chunk_runner(model, default_device()), config
 
 

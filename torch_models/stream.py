@@ -5,7 +5,6 @@ import sys
 import numpy as np
 import torch
 
-from shared.checkpoint import CheckpointError
 from shared.stream_cli import main
 from torch_models.models import load_model
 from torch_models.trainer import default_device
@@ -66,9 +65,7 @@ class StreamSession:
 
 
 def load(checkpoint):
-    model, config = load_model(checkpoint)
-    if config["family"] != "echostream":
-        raise CheckpointError(f"{checkpoint} holds a {config['family']!r} model, not EchoStream")
+    model, config = load_model(checkpoint, expect=("echostream",), what="EchoStream")
     device = default_device()
     model = model.to(device).eval()
     return (lambda: StreamSession(model, device)), config

@@ -111,3 +111,18 @@ def test_our_safetensors_files_read_back_with_the_safetensors_library(tmp_path):
                 assert np.array_equal(t.view(torch.uint16).numpy(), array.view(np.uint16))
             else:
                 assert np.array_equal(t.numpy(), array)
+
+
+def test_inference_loaders_name_the_family_they_need(tmp_path, tiny_lm_spec):
+    """A CLI given another family's checkpoint says which family it got and which it runs."""
+    import mlx_models.separate
+    import mlx_models.stream
+    import torch_models.generate
+    import torch_models.separate
+    mm.save_model(mm.build_model(tiny_lm_spec, seed=6), tmp_path / "lm")
+    for load in (mlx_models.separate.load, torch_models.separate.load):
+        with pytest.raises(CheckpointError, match="holds a 'lm' model, not a separator"):
+            load(tmp_path / "lm")
+    with pytest.raises(CheckpointError, match="holds a 'lm' model, not EchoStream"):
+        mlx_models.stream.load(tmp_path / "lm")
+    assert torch_models.generate.load(tmp_path / "lm")[1] == tiny_lm_spec
