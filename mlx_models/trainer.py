@@ -145,7 +145,8 @@ class Trainer:
         """Loss and gradients of one numpy micro-batch. On several CPU streams: the mean of
         its parts' losses and gradients weighted by their sizes -- the whole batch's, since
         every example weighs the same in the loss -- with the parts computed concurrently."""
-        n_parts = min(len(self._part_workers), batch_length(batch))  # a short last batch
+        total_size = batch_length(batch)
+        n_parts = min(len(self._part_workers), total_size)  # a short last batch: fewer
         if n_parts <= 1:
             return self._grad_fn(to_mx(batch), mx.array(1.0))
         # A part may use nothing computed on another part's stream (its thread could not
@@ -154,7 +155,6 @@ class Trainer:
         master = self.model.trainable_parameters()
         parts = batch_parts(batch, n_parts)
         keys = np.array(mx.random.split(mx.random.state[0], len(parts) + 1))
-        total_size = batch_length(batch)
         losses, grads, running = [], [], []
         try:
             for worker, stream, part, key in zip(self._part_workers, self._part_streams, parts, keys):
