@@ -1,6 +1,7 @@
 """Helpers the test files share."""
 import json
 
+import mlx.core as mx
 import numpy as np
 import pytest
 import torch
@@ -80,3 +81,12 @@ def round_trip_mlx_torch_mlx(mlx_model, tmp_path):
     for name in ("from_torch", "back_to_mlx"):
         assert bits(load_checkpoint(tmp_path / name)[0]) == bits(original), name
     return original, config, torch_model, mlx_again
+
+
+def separator_outputs(spec, mixture: np.ndarray, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Both backends' separated waveforms of `mixture`, from the spec's initial weights."""
+    mlx_model = mlx_models_io.build_model(spec, seed=seed)
+    torch_model = torch_models_io.build_model(spec, seed=seed)
+    with torch.no_grad():
+        out_torch = torch_model(torch.from_numpy(mixture)).numpy()
+    return np.array(mlx_model(mx.array(mixture))), out_torch
