@@ -640,7 +640,8 @@ def parse_args(argv=None):
                                              "(default 5,60; empty: skip)")
     p.add_argument("--chunk-ms", type=int, default=320, help="EchoStream streaming chunk")
     p.add_argument("--hardware", help="shared/hardware.py profile for MFU (default: detected)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch and for MLX's BLAS "
+    p.add_argument("--threads", type=int, help="CPU threads for torch and for MLX's BLAS; also sets "
+                                                "train.cpu_streams (MLX's parallel CPU parts) "
                                                 "(default: the libraries' own, all cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write the full report here")

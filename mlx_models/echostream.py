@@ -453,14 +453,17 @@ class EchoStream(nn.Module):
                 "unit_lengths": unit_lengths.astype(mx.int32)}
 
 
-def label_smoothed_cross_entropy(logits, target, smoothing: float):
+def label_smoothed_cross_entropy(logits, target, smoothing: float, divisor=None):
     """Mean over non-PAD targets of (1 - e) * nll + e * mean over classes of -log p:
-    torch's F.cross_entropy(label_smoothing=e, ignore_index=PAD)."""
+    torch's F.cross_entropy(label_smoothing=e, ignore_index=PAD). A `divisor` replaces the
+    count of non-PAD targets (a batch part's: shared/specs/echostream.py)."""
     logp = nn.log_softmax(logits.astype(mx.float32), axis=-1)
     nll = -mx.take_along_axis(logp, target[..., None].astype(mx.int32), axis=-1)[..., 0]
     per_token = (1.0 - smoothing) * nll - smoothing * logp.mean(axis=-1)
     valid = (target != PAD).astype(mx.float32)
-    return (per_token * valid).sum() / mx.maximum(valid.sum(), 1.0)
+    if divisor is None:
+        divisor = mx.maximum(valid.sum(), 1.0)
+    return (per_token * valid).sum() / divisor
 
 
 def _ctc(logits, targets, input_lengths, target_lengths):
@@ -476,7 +479,8 @@ def loss_terms(model: EchoStream, batch) -> dict:
     terms = {
         "asr_ctc": _ctc(out["asr_logits"], batch["src_tokens"], out["encoder_lengths"], batch["src_lengths"]),
         "st_ctc": _ctc(out["st_logits"], batch["tgt_tokens"], out["encoder_lengths"], batch["tgt_lengths"]),
-        "mt": label_smoothed_cross_entropy(out["mt_logits"], batch["target"], spec.label_smoothing),
+        "mt": label_smoothed_cross_entropy(out["mt_logits"], batch["target"], spec.label_smoothing,
+                                           batch.get("mt_divisor")),
         "unit_ctc": _ctc(out["unit_logits"], batch["units"], out["unit_lengths"], batch["unit_lengths"]),
     }
     total = (spec.asr_ctc_weight * terms["asr_ctc"] + spec.st_ctc_weight * terms["st_ctc"]

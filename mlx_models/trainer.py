@@ -44,21 +44,12 @@ def set_random_key(words) -> None:
     mx.random.seed((hi << 32) | lo)
 
 
-def cpu_streams(train, family: str) -> int:
+def cpu_streams(train) -> int:
     """Parts per micro-batch (shared/config.py: cpu_parts) on a CPU; 1 on a GPU. MLX runs
     each stream's ops on a thread of its own, and on a CPU only its BLAS is multi-threaded:
     with one stream the element-wise ops, reductions and softmaxes leave the other cores
     idle. A part per core uses them (tiny LM on 2 cores: 340 -> 260 ms per step)."""
-    parts = cpu_parts(train, family)  # raises for a cpu_streams the family cannot use
-    return parts if mx.default_device() == mx.cpu else 1
-
-
-def batch_parts(batch, n_parts: int) -> list:
-    """A numpy batch (an array, or a dict of arrays) in near-equal parts along axis 0."""
-    if isinstance(batch, dict):
-        columns = {k: np.array_split(v, n_parts) for k, v in batch.items()}
-        return [{k: parts[i] for k, parts in columns.items()} for i in range(n_parts)]
-    return np.array_split(batch, n_parts)
+    return cpu_parts(train) if mx.default_device() == mx.cpu else 1
 
 
 def batch_length(batch) -> int:
@@ -75,6 +66,7 @@ class Trainer:
         self.model.checkpoint_activations = train.gradient_checkpointing
         self.model.train()
         self._family, self._loss_fn = family.name, LOSSES[family.name]
+        self._batch_parts = family.batch_parts
         self.optimizer = make_optimizer(train)
         mx.random.seed(train.seed)
         if train.precision == "fp16":
@@ -96,7 +88,7 @@ class Trainer:
             state = [self.model.state, self.optimizer.state]
             update_fn = mx.compile(update_fn, inputs=state, outputs=state)
         self._grad_fn, self._update_fn = grad_fn, update_fn
-        n_streams = cpu_streams(train, family.name)
+        n_streams = cpu_streams(train)
         # A part's graph is built here, in order (so random draws are reproducible), and
         # evaluated by a worker thread that owns its stream: MLX streams belong to the thread
         # that made them. (Evaluating all parts in one mx.eval does not overlap them unless
@@ -142,9 +134,9 @@ class Trainer:
         return max(1, len(self._part_workers))
 
     def _micro_batch_gradients(self, batch):
-        """Loss and gradients of one numpy micro-batch. On several CPU streams: the mean of
-        its parts' losses and gradients weighted by their sizes -- the whole batch's, since
-        every example weighs the same in the loss -- with the parts computed concurrently."""
+        """Loss and gradients of one numpy micro-batch. On several CPU streams: the sum of
+        its parts' losses and gradients, each weighted by its share of the examples -- the
+        whole batch's (Family.batch_parts) -- with the parts computed concurrently."""
         total_size = batch_length(batch)
         n_parts = min(len(self._part_workers), total_size)  # a short last batch: fewer
         if n_parts <= 1:
@@ -153,7 +145,7 @@ class Trainer:
         # evaluate it): each starts from the master weights, and draws its random numbers
         # (dropout) from a key of its own, made here and evaluated first.
         master = self.model.trainable_parameters()
-        parts = batch_parts(batch, n_parts)
+        parts = self._batch_parts(batch, n_parts)
         keys = np.array(mx.random.split(mx.random.state[0], len(parts) + 1))
         losses, grads, running = [], [], []
         try:

@@ -273,17 +273,10 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def cpu_parts(train: TrainConfig, family: str) -> int:
+def cpu_parts(train: TrainConfig) -> int:
     """How many parts MLX splits each micro-batch into when it trains on a CPU, each part on
     a stream (and thread) of its own (mlx_models/trainer.py): train.cpu_streams, or one per
-    core when 0, at most one per example. A family whose loss is not an equal-weight mean
-    over examples is not split (its parts' gradients would not add up to the batch's)."""
-    if not get_family(family).loss_is_mean_over_examples:
-        if train.cpu_streams > 1:
-            raise ConfigError(f"train.cpu_streams={train.cpu_streams}: the {family} loss is not a "
-                              f"mean over examples, so a micro-batch cannot be split into parts; "
-                              f"use train.cpu_streams=0 (this family then trains on one stream)")
-        return 1
+    core when 0, at most one per example."""
     return max(1, min(train.cpu_streams or available_cores(), train.batch_size))
 
 
@@ -315,7 +308,6 @@ def config_from_dict(raw: dict, overrides: list[str] = ()) -> RunConfig:
     for section in sections.values():
         section.validate()
     config = RunConfig(family=family, model=model, **sections)
-    cpu_parts(config.train, family)  # rejects train.cpu_streams > 1 where parts cannot work
     if family == "lm" and config.seq_length > config.model.max_seq_length:
         raise ConfigError(f"train.seq_length ({config.seq_length}) exceeds model.max_seq_length "
                           f"({config.model.max_seq_length})")

@@ -489,7 +489,7 @@ def plan(config, backend: str, attention: str | None = None) -> MemoryPlan:
         raise ValueError(f"unknown backend {backend!r}; expected mlx or torch")
     device_type = "cpu" if config.hardware.device == "cpu" else "cuda"
     result = _family_plan(config, backend, attention, device_type)
-    parts = cpu_parts(config.train, config.family) if (backend, device_type) == ("mlx", "cpu") else 1
+    parts = cpu_parts(config.train) if (backend, device_type) == ("mlx", "cpu") else 1
     if parts > 1:
         extra = Term("gradients of parallel CPU parts", parts_gradient_bytes(config, parts),
                      f"{parts} parts of each micro-batch on parallel CPU streams "

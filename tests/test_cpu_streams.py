@@ -9,10 +9,11 @@ import pytest
 from mlx_models.trainer import Trainer as MLXTrainer
 from shared.config import ConfigError, TrainConfig, config_from_dict
 from shared.specs import get_family
-from shared.specs.echostream import EchoStreamSpec
 from shared.specs.lm import LMSpec
 from shared.specs.bandsplit import BandSplitSpec
 from tests.helpers import TRAINERS, rel_err, stems_batch
+from tests.parity.test_echostream_parity import make_batch as echostream_batch
+from tests.parity.test_echostream_parity import tiny_spec as echostream_tiny_spec
 
 LM = LMSpec(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
             intermediate_size=96, max_seq_length=64)
@@ -50,12 +51,20 @@ def test_one_stream_when_asked_or_when_the_batch_is_one_example():
     assert MLXTrainer(LM, TrainConfig(cpu_streams=4, batch_size=2)).parallel_parts == 2
 
 
-def test_a_loss_over_the_whole_batch_is_not_split():
-    """EchoStream's MT term averages over all the batch's target tokens."""
-    spec = EchoStreamSpec()
-    assert MLXTrainer(spec, TrainConfig(cpu_streams=0)).parallel_parts == 1
-    with pytest.raises(ConfigError, match="train.cpu_streams=2.*not a mean over examples"):
-        MLXTrainer(spec, TrainConfig(cpu_streams=2))
+def test_echostream_parts_weigh_the_mt_term_by_tokens():
+    """EchoStream's MT term is a mean over all the batch's target tokens, and its parts hold
+    different numbers of tokens: each part divides by the batch's count (scaled by its share
+    of the examples), so the parts still add up to the whole batch's loss and gradients."""
+    spec = echostream_tiny_spec()
+    weights = get_family("echostream").init_weights(spec, 3)
+    batch = echostream_batch(spec, seed=4, feature_lengths=(90, 37, 61, 20, 75))  # 2 + 2 + 1
+    mlx = MLXTrainer(spec, TrainConfig(cpu_streams=3), weights)
+    assert mlx.parallel_parts == 3
+    loss, grads = mlx.gradients_numpy([batch])
+    ref_loss, ref_grads = TRAINERS["torch"](spec, TrainConfig(), weights).gradients_numpy([batch])
+    assert rel_err(loss, ref_loss) <= 1e-5
+    for name in ref_grads:
+        assert rel_err(grads[name], ref_grads[name]) <= 5e-5, name
 
 
 def test_negative_streams_are_a_config_error():

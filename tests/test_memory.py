@@ -14,6 +14,8 @@ from shared.batch_finder import OutOfMemory, find_max_batch
 from shared.config import load_config
 from shared.hardware import get_profile
 from shared.memory import GB, budget_bytes, fit, plan, suggestions, with_overrides
+from shared.specs import get_family
+from shared.specs.base import count_params
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,16 +39,17 @@ def test_terms_add_up_and_match_the_parameter_count():
 
 
 def test_parallel_cpu_parts_hold_one_gradient_each():
-    """MLX on a CPU splits micro-batches over streams (mlx_models/trainer.py); on a GPU it
-    does not, and EchoStream never does."""
+    """MLX on a CPU splits micro-batches over streams (mlx_models/trainer.py), EchoStream's
+    too; on a GPU it does not."""
     tiny = load_config(ROOT / "configs/tiny.yaml", ["train.cpu_streams=3"])
     n = 869_504
     assert plan(tiny, "mlx").term("gradients of parallel CPU parts") == 4 * n * 2
     assert plan(tiny, "torch").term("gradients of parallel CPU parts") == 0
     on_gpu = with_overrides(tiny, {"hardware.device": "m4max_36gb"})
     assert plan(on_gpu, "mlx").term("gradients of parallel CPU parts") == 0
-    echo = load_config(ROOT / "configs/echostream_demo.yaml")
-    assert plan(echo, "mlx").term("gradients of parallel CPU parts") == 0
+    echo = load_config(ROOT / "configs/echostream_demo.yaml", ["train.cpu_streams=2"])
+    n_echo = count_params(get_family("echostream").manifest(echo.model))
+    assert plan(echo, "mlx").term("gradients of parallel CPU parts") == 4 * n_echo
 
 
 def test_plan_bounds_the_peak_of_parallel_cpu_parts():

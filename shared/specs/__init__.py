@@ -7,11 +7,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from shared.specs.base import ParamSpec, SpecError
+from shared.specs.base import ParamSpec, SpecError, split_examples
 from shared.specs.bandsplit import (BandSplitSpec, bandsplit_init_weights, bandsplit_manifest,
                                     bandsplit_param_counts)
-from shared.specs.echostream import (EchoStreamSpec, echostream_init_weights, echostream_manifest,
-                                     echostream_param_counts)
+from shared.specs.echostream import (EchoStreamSpec, echostream_batch_parts, echostream_init_weights,
+                                     echostream_manifest, echostream_param_counts)
 from shared.specs.lm import LMSpec, lm_init_weights, lm_manifest, lm_param_counts
 from shared.specs.tflocoformer import (TFLocoformerSpec, tflocoformer_init_weights,
                                        tflocoformer_manifest, tflocoformer_param_counts)
@@ -24,11 +24,11 @@ class Family:
     manifest: Callable[[Any], list[ParamSpec]]
     init_weights: Callable[[Any, int], dict[str, np.ndarray]]
     param_counts: Callable[[Any], dict[str, int]]
-    # The training loss is an equal-weight mean over the batch's examples, so a batch split
-    # into parts gives the same gradient as the size-weighted mean of the parts' gradients
-    # (MLX's parallel CPU streams rely on it). EchoStream's MT term averages over all the
-    # batch's target tokens instead: its parts would be weighted differently.
-    loss_is_mean_over_examples: bool = True
+    # A numpy batch in parts whose losses, each weighted by the part's share of the examples,
+    # add up to the whole batch's loss (MLX's parallel CPU streams rely on it). Plain
+    # splitting does where the loss is a mean over examples; EchoStream's parts carry the
+    # batch's token count for its token-mean MT term.
+    batch_parts: Callable[[Any, int], list] = split_examples
 
 
 FAMILIES: dict[str, Family] = {
@@ -39,7 +39,7 @@ FAMILIES: dict[str, Family] = {
                         bandsplit_param_counts),
     "echostream": Family("echostream", EchoStreamSpec, echostream_manifest,
                          echostream_init_weights, echostream_param_counts,
-                         loss_is_mean_over_examples=False),
+                         batch_parts=echostream_batch_parts),
 }
 
 

@@ -58,6 +58,14 @@ def count_params(manifest: list[ParamSpec]) -> int:
     return sum(p.numel for p in manifest)
 
 
+def split_examples(batch, n_parts: int) -> list:
+    """A numpy batch (an array, or a dict of arrays) in near-equal parts along axis 0."""
+    if isinstance(batch, dict):
+        columns = {k: np.array_split(v, n_parts) for k, v in batch.items()}
+        return [{k: parts[i] for k, parts in columns.items()} for i in range(n_parts)]
+    return np.array_split(batch, n_parts)
+
+
 def torch_default_init(p: ParamSpec, rng: np.random.Generator) -> np.ndarray:
     """torch's default initial value of a parameter, float32: norm scales ones, biases
     zeros, weights U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming-uniform with a=sqrt(5)),

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared.specs.base import (BIAS, CONV1D, EMBEDDING, LINEAR, NORM, ParamSpec, SpecError, check_int,
-                               count_params, torch_default_init)
+                               count_params, split_examples, torch_default_init)
 
 # Token ids shared with the data side. SentencePiece models are trained with pad_id=0,
 # unk_id=1, bos_id=2, eos_id=3; id 0 is also the CTC blank of every CTC head.
@@ -273,6 +273,19 @@ def _transformer_layer(name: str, dim: int, ffn: int, cross_dim: int = 0) -> lis
         params += (_layer_norm(f"{name}.cross_attn_norm", dim)
                    + _attention(f"{name}.cross_attn", dim, cross_dim))
     return params + _layer_norm(f"{name}.ffn_norm", dim) + _ffn(f"{name}.ffn", dim, ffn)
+
+
+def echostream_batch_parts(batch: dict[str, np.ndarray], n_parts: int) -> list[dict]:
+    """A batch split by examples, for training the parts in parallel and adding their
+    gradients weighted by their share of the examples. The CTC terms are means over
+    examples, so they add up; the MT term is a mean over all the batch's target tokens, so
+    each part carries "mt_divisor": the batch's target-token count times the part's share of
+    the examples. Weighted by that share, the parts' MT terms then add up to the batch's."""
+    tokens = max(int((batch["target"] != PAD).sum()), 1)
+    parts = split_examples(batch, n_parts)
+    for part in parts:
+        part["mt_divisor"] = np.float32(tokens * len(part["target"]) / len(batch["target"]))
+    return parts
 
 
 def echostream_manifest(spec: EchoStreamSpec) -> list[ParamSpec]:
