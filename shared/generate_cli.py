@@ -62,13 +62,15 @@ def generate(next_logits, tokenizer, prompt: str, max_tokens: int, max_length: i
         if token == tokenizer.eos_id():
             break
         new.append(token)
-        text = tokenizer.decode(ids[1:] + new)
-        out.write(text[len(printed):])  # decode the whole text: pieces merge across tokens
+        # Decode the whole text (pieces merge across tokens), and hold back a character
+        # whose bytes have not all arrived: a byte-fallback token decodes alone to U+FFFD.
+        text = tokenizer.decode(ids[1:] + new).rstrip("\ufffd")
+        out.write(text[len(printed):])
         out.flush()
         printed = text
         logits = next_logits(np.array([[token]], np.int32))
     decode_s = time.perf_counter() - start
-    out.write("\n")
+    out.write(tokenizer.decode(ids[1:] + new)[len(printed):] + "\n")
     return {"prompt_tokens": len(ids), "new_tokens": len(new), "prefill_s": prefill_s,
             "tokens_per_s": len(new) / decode_s if decode_s > 0 else 0.0, "ids": ids + new}
 

@@ -46,6 +46,31 @@ class CharTokenizer:
     def decode(self, ids): return "".join(chr(ord("a") + (i % 26)) for i in ids)
 
 
+class ByteTokenizer:
+    """One id per UTF-8 byte, decoded as SentencePiece decodes byte-fallback pieces: an
+    incomplete character comes out as U+FFFD."""
+    def bos_id(self): return 256
+    def eos_id(self): return 257
+    def encode(self, text): return list(text.encode())
+    def decode(self, ids): return bytes(i for i in ids if i < 256).decode(errors="replace")
+
+
+def test_streamed_text_is_the_decoded_text_when_characters_span_tokens():
+    """Korean syllables are three bytes: printing after every token must not leave a
+    replacement character behind, nor drop the syllable once its last byte arrives."""
+    script = list("효력을 발휘".encode()) + [257]
+    steps = iter(script)
+
+    def next_logits(ids):
+        logits = np.zeros(258)
+        logits[next(steps)] = 1.0
+        return logits
+    out = io.StringIO()
+    generate(next_logits, ByteTokenizer(), "국회는 ", max_tokens=50, max_length=100,
+             temperature=0.0, top_p=1.0, seed=0, out=out)
+    assert out.getvalue() == "국회는 효력을 발휘\n"
+
+
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
 def test_cached_generation_equals_full_recompute(tmp_path, tiny_lm_spec, backend):
     models = {"mlx": (mm, mgen), "torch": (tm, tgen)}
