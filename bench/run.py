@@ -648,7 +648,7 @@ def parse_args(argv=None):
     p.add_argument("--markdown", type=Path, help="write the table here")
     p.add_argument("--plot", type=Path, help="write a PNG chart here (needs matplotlib)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     for name, known in [("models", FAMILIES), ("backends", BACKENDS)]:
         bad = [x for x in getattr(args, name) if x not in known]
         if bad:

@@ -16,7 +16,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mlx_models.blas import set_blas_threads
 from mlx_models.models import LOSS_TERMS, LOSSES, build_model
 from mlx_models.weights import get_weights, set_weights, to_numpy
-from shared.config import available_cores, cpu_parts
+from shared.config import ConfigError, available_cores, cpu_parts
 from shared.layout import from_backend, to_backend
 from shared.specs import family_of, get_family
 
@@ -70,7 +70,7 @@ class Trainer:
         self.optimizer = make_optimizer(train)
         mx.random.seed(train.seed)
         if train.precision == "fp16":
-            raise ValueError("train.precision=fp16 is for torch on CUDA; MLX trains in bf16 "
+            raise ConfigError("train.precision=fp16 is for torch on CUDA; MLX trains in bf16 "
                              "(train.precision=bf16) or fp32")
         # MLX has no autocast: mixed precision is explicit. The weights and AdamW state
         # stay fp32 (master copy); each forward/backward runs on a bf16 cast of them, and

@@ -65,7 +65,7 @@ def main(backend: str, make_probe, argv=None) -> int:
     p.add_argument("--budget-gb", type=float,
                    help="memory budget (default: the config's hardware profile, with margin)")
     p.add_argument("--max-batch", type=int, default=1024)
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
 
     def run():
         config = load_config(args.config, args.overrides)

@@ -24,8 +24,13 @@ def run_cli(main_fn: Callable[[], object], errors: tuple = USER_ERRORS) -> int:
     return 0
 
 
-def check_output_dir(path: Path, force: bool) -> None:
-    """Refuse to replace anything that is already there unless told to (--force)."""
+def check_output_dir(path: Path, force: bool, source: Path) -> None:
+    """Refuse to replace anything that is already there unless told to (--force), and never
+    a directory that holds the `source` being converted (a run, with its checkpoints)."""
+    out, src = path.resolve(), source.resolve()
+    if out == src or out in src.parents or src in out.parents:
+        raise ValueError(f"output directory {path} overlaps the input {source} (replacing it "
+                         f"would delete the input); choose a directory outside it")
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not force:

@@ -221,6 +221,11 @@ def _coerce(value, annotation, where: str):
     hint = typing.get_origin(annotation) or annotation
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        try:    # YAML 1.1 reads 1e-4 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if hint is tuple:  # e.g. tuple[int, int]: YAML gives a list
         kinds = [k for k in typing.get_args(annotation) if k is not Ellipsis]
         if not isinstance(value, (list, tuple)) or (Ellipsis not in typing.get_args(annotation)
@@ -263,7 +268,11 @@ def parse_override(text: str) -> tuple[str, str, object]:
         raise ConfigError(f"override {text!r} must look like section.key=value, e.g. train.batch_size=4")
     path, raw = text.split("=", 1)
     section, key = path.split(".", 1)
-    return section, key, yaml.safe_load(raw) if raw != "" else ""
+    try:
+        return section, key, yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML "
+                          f"({getattr(e, 'problem', None) or e}); quote it or fix the brackets") from None
 
 
 def available_cores() -> int:

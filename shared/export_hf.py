@@ -25,9 +25,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, dtype: str = "float32",
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if out_dir.resolve() == checkpoint.resolve():
-        raise ValueError(f"output directory {out_dir} is the checkpoint itself")
-    check_output_dir(out_dir, force)
+    check_output_dir(out_dir, force, source=checkpoint)
     family, spec, _, weights, _ = open_checkpoint(checkpoint)
     if family != "lm":
         raise CheckpointError(f"checkpoint {checkpoint} holds a {family!r} model; only 'lm' "

@@ -25,9 +25,7 @@ def import_hf(hf_dir: str | Path, out_ckpt: str | Path, dtype: str = "keep",
     hf_dir, out_ckpt = Path(hf_dir), Path(out_ckpt)
     if dtype not in IMPORT_DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(IMPORT_DTYPES)}, got {dtype!r}")
-    if out_ckpt.resolve() == hf_dir.resolve():
-        raise ValueError(f"output checkpoint {out_ckpt} is the Hugging Face directory itself")
-    check_output_dir(out_ckpt, force)
+    check_output_dir(out_ckpt, force, source=hf_dir)
     cfg, hf_weights = load_hf_checkpoint(hf_dir)
     spec = hf_config_to_spec(cfg, source=str(hf_dir / HF_CONFIG_FILE))
     weights = from_hf_weights(hf_weights, spec, source=f"Hugging Face model {hf_dir}")

@@ -82,7 +82,7 @@ def print_report(r: dict, config_path: str, profile) -> None:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_intermixed_args(argv)
 
     def run():
         try:

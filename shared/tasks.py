@@ -16,8 +16,28 @@ import numpy as np
 from shared.data.lm_text import LMDataset, WindowSampler, eval_batches
 
 
+def same_data_file(name: str, a: bytes, b: bytes) -> bool:
+    """Whether two versions of a checkpoint's data file mean the same to the model: the same
+    SentencePiece pieces in the same order (the serialised model also records where it was
+    trained), the same arrays, or else the same bytes."""
+    import io
+
+    if name.endswith(".model"):
+        import sentencepiece as spm
+
+        pieces = [[sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+                  for sp in (spm.SentencePieceProcessor(model_proto=x) for x in (a, b))]
+        return pieces[0] == pieces[1]
+    if name.endswith(".npz"):
+        with np.load(io.BytesIO(a)) as za, np.load(io.BytesIO(b)) as zb:
+            return set(za.files) == set(zb.files) and all(np.array_equal(za[k], zb[k]) for k in za.files)
+    return a == b
+
+
 class LMTask:
     unit = "tokens"
+    # The config setting that can point at each file checkpoint_files() saves.
+    file_settings = {"tokenizer.model": "data.tokenizer"}
 
     def __init__(self, config, out_dir: Path, rank: int = 0, world_size: int = 1):
         tc = config.train
@@ -94,6 +114,8 @@ class EchoStreamTask:
     model's own greedy outputs scored -- WER/CER of the ASR CTC head, BLEU of the MT
     decoder and of the ST CTC head, unit error rate of the unit CTC head."""
     unit = "audio_s"
+    file_settings = {"src_tokenizer.model": "data.src_tokenizer",
+                     "tgt_tokenizer.model": "data.tgt_tokenizer"}
 
     def __init__(self, config, out_dir: Path, rank: int = 0, world_size: int = 1):
         from shared.audio.fbank import SpecAugment

@@ -22,7 +22,7 @@ def parser(backend: str) -> argparse.ArgumentParser:
         epilog="examples:\n"
                f"  python -m {backend}_models.train\n"
                f"  python -m {backend}_models.train --config configs/m4max.yaml train.batch_size=8\n"
-               f"  python -m {backend}_models.train --resume runs/tiny train.max_steps=600",
+               f"  python -m {backend}_models.train --resume runs/tiny-{backend} train.max_steps=600",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config (default: configs/tiny.yaml)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
@@ -36,29 +36,64 @@ def parser(backend: str) -> argparse.ArgumentParser:
 
 
 def main(backend: str, trainer_cls, argv=None) -> int:
-    args = parser(backend).parse_args(argv)
+    args = parser(backend).parse_intermixed_args(argv)
     # Only these mean bad input; anything else is a bug and keeps its traceback.
     return run_cli(lambda: train(args, backend, trainer_cls),
                    errors=(ConfigError, SpecError, CheckpointError, DataError))
+
+
+def _saved_config(ckpt: Path) -> dict:
+    import yaml
+
+    try:
+        raw = yaml.safe_load((ckpt / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise CheckpointError(f"{ckpt / 'config.yaml'} cannot be read ({e}); pass --config with "
+                              f"the run's config, or resume from another checkpoint") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{ckpt / 'config.yaml'} is damaged (not a mapping); pass --config "
+                              f"with the run's config, or resume from another checkpoint")
+    return raw
+
+
+def run_directory(args, backend: str) -> Path:
+    """Where the run writes. Resuming writes into the checkpoint's own run. A fresh run, or a
+    resumed one sent to another --out, needs a directory that holds no earlier run: its
+    checkpoints would be pruned or replaced as "best", and its metrics appended to."""
+    from shared.train_loop import find_checkpoint
+
+    if args.resume:
+        ckpt = find_checkpoint(args.resume)
+        home = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+        if args.out is None:
+            if home is None:
+                raise ConfigError(f"{ckpt} is a checkpoint outside a run directory; pass "
+                                  f"--out NEW_DIR for the continued run")
+            return home
+        out = Path(args.out)
+        if home is not None and out.resolve() == home.resolve():
+            return out
+    else:
+        name = Path(args.config).stem if args.config else "tiny"
+        out = Path(args.out) if args.out else Path("runs") / f"{name}-{backend}"
+    checkpoints, metrics = out / "checkpoints", out / "metrics.jsonl"
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        raise ConfigError(f"{out} already holds a run's checkpoints; pass --resume {out} to "
+                          f"continue that run, or --out NEW_DIR")
+    if metrics.is_file() and metrics.stat().st_size:
+        raise ConfigError(f"{out} holds {metrics.name} from a run that saved no checkpoint; "
+                          f"delete it to start over there, or pass --out NEW_DIR")
+    return out
 
 
 def train(args, backend: str, trainer_cls) -> None:
     from shared.train_loop import Run, find_checkpoint
 
     if args.resume and not args.config:
-        import yaml
-        ckpt = find_checkpoint(args.resume)
-        config = config_from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()),
-                                  args.overrides)
+        config = config_from_dict(_saved_config(find_checkpoint(args.resume)), args.overrides)
     else:
         config = load_config(args.config, args.overrides)
-    name = Path(args.config).stem if args.config else "tiny"
-    out = Path(args.out) if args.out else (
-        find_checkpoint(args.resume).parent.parent if args.resume
-        else Path("runs") / f"{name}-{backend}")
-    if not args.resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
-        raise ConfigError(f"{out} already holds checkpoints; pass --resume {out} to continue "
-                          f"it, or --out NEW_DIR to start a new run")
+    out = run_directory(args, backend)
     start = time.perf_counter()
     run = Run(config, trainer_cls, out, resume=args.resume, progress=not args.no_progress)
     state = run.train()

@@ -33,9 +33,9 @@ import numpy as np
 import yaml
 
 from shared.checkpoint import CheckpointError, load_safetensors, open_checkpoint, save_checkpoint
-from shared.config import RunConfig
+from shared.config import ConfigError, RunConfig
 from shared.data.loader import prefetch
-from shared.tasks import make_task
+from shared.tasks import make_task, same_data_file
 from shared.schedule import lr_at
 
 TRAINER_STATE = "trainer_state.safetensors"
@@ -99,6 +99,14 @@ def process_memory() -> tuple[int, int]:
     return current, peak
 
 
+def _row_step(line: str) -> float:
+    """A metrics row's step; a line cut short by a killed run counts as after every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 class Run:
     def __init__(self, config: RunConfig, trainer_cls, out_dir: str | Path,
                  resume: str | Path | None = None, rank: int = 0, world_size: int = 1,
@@ -122,20 +130,45 @@ class Run:
 
     # ------------------------------------------------------------------ checkpoints
     def _restore(self, ckpt: Path) -> None:
+        """Everything is checked before anything of the run (its metrics) is changed."""
+        try:
+            state = TrainState(**json.loads((ckpt / TRAIN_STATE).read_text()))
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"{ckpt / TRAIN_STATE} is damaged ({e}); resume from another "
+                                  f"checkpoint of the run") from None
+        max_steps = self.config.train.max_steps
+        if state.step >= max_steps:
+            raise ConfigError(f"{ckpt} is at step {state.step} and train.max_steps is {max_steps}: "
+                              f"nothing to train; raise train.max_steps, e.g. "
+                              f"train.max_steps={state.step + max_steps}")
+        self._check_data_files(ckpt)
         extra = load_safetensors(ckpt / TRAINER_STATE)
         self.trainer.load_optimizer_state({k[4:]: v for k, v in extra.items() if k.startswith("opt.")})
         if not self.trainer.set_rng_state({k[4:]: v for k, v in extra.items() if k.startswith("rng.")}):
             self.log(f"note: {ckpt} was written by another backend; weights, optimizer and data "
                      f"position carry over, but dropout draws new random numbers")
-        self.state = TrainState(**json.loads((ckpt / TRAIN_STATE).read_text()))
+        self.state = state
         self._drop_metrics_after(self.state.step)
         self.log(f"resumed from {ckpt} at step {self.state.step}")
+
+    def _check_data_files(self, ckpt: Path) -> None:
+        """The resumed model must see the tokens it was trained on: a run whose data now
+        train a different tokenizer (new text files, say) would scramble its embeddings."""
+        settings = getattr(self.task, "file_settings", {})
+        for name, content in self.task.checkpoint_files().items():
+            saved = ckpt / name
+            if saved.is_file() and not same_data_file(name, saved.read_bytes(), content):
+                keep = (f", or keep the checkpoint's: copy {saved} out of the checkpoint and set "
+                        f"{settings[name]} to the copy") if name in settings else ""
+                raise CheckpointError(f"this run's data give a different {name} than the one "
+                                      f"{ckpt} was trained with: resume on the data the run was "
+                                      f"trained on{keep}")
 
     def _drop_metrics_after(self, step: int) -> None:
         """Rows logged after the checkpoint we resume from will be logged again."""
         path = self.out / "metrics.jsonl"
         if path.is_file():
-            rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
+            rows = [r for r in path.read_text().splitlines() if _row_step(r) <= step]
             path.write_text("".join(r + "\n" for r in rows))
 
     def save(self, name: str) -> Path:
@@ -177,6 +210,9 @@ class Run:
     def record(self, row: dict) -> None:
         if self.rank == 0:
             with open(self.out / "metrics.jsonl", "a") as f:
+                # A non-finite loss is written as null: NaN is not JSON.
+                row = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                       for k, v in row.items()}
                 f.write(json.dumps(row) + "\n")
 
     def memory_gb(self) -> tuple[float, float]:
@@ -221,9 +257,11 @@ class Run:
                     self.record({"step": st.step, "skipped": True, "loss": result["loss"],
                                  "grad_norm": result["grad_norm"]})
                     if st.bad_steps_in_row >= tc.max_bad_steps:
-                        self.log(f"stopping: {st.bad_steps_in_row} non-finite steps in a row "
-                                 f"(train.max_bad_steps); lower train.learning_rate or use fp32")
-                        break
+                        # The skipped steps changed nothing: the last checkpoint is the state.
+                        raise ConfigError(f"training stopped at step {st.step}: "
+                                          f"{st.bad_steps_in_row} non-finite steps in a row "
+                                          f"(train.max_bad_steps); lower train.learning_rate or "
+                                          f"use train.precision=fp32, and resume")
                 else:
                     st.bad_steps_in_row = 0
                 if st.step % tc.log_every == 0 or st.step == tc.max_steps:

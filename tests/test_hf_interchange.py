@@ -290,6 +290,10 @@ def test_export_errors_exit_2_naming_the_problem(tiny_lm_spec, tmp_path, capsys)
     assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
     assert export_main([str(tmp_path / "ckpt"), str(tmp_path / "busy"), "--force"]) == 0
     assert not (tmp_path / "busy" / "keep.txt").exists()
+    # --force never replaces a directory holding the input (a run, with its checkpoints).
+    assert export_main([str(tmp_path / "ckpt"), str(tmp_path), "--force"]) == 2
+    assert "overlaps the input" in capsys.readouterr().err
+    assert (tmp_path / "ckpt" / "model.safetensors").is_file()
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []
 

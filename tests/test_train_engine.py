@@ -216,12 +216,19 @@ def cli(backend, *args, cwd=None):
     ("model.num_kv_heads=3", "must be divisible by model.num_kv_heads (3)"),
     ("hardware.device=m4_max", "unknown device profile 'm4_max'"),
     ("trian.seed=1", "unknown section 'trian' in override"),
+    ("data.train_files=[a.txt", "is not valid YAML"),
+    ("train.precision=fp16", "fp16 needs a CUDA device"),
 ])
-def test_bad_config_is_one_line_and_exit_2(override, message):
-    result = cli("torch", override)
+def test_bad_config_is_one_line_and_exit_2(override, message, tmp_path):
+    result = cli("torch", override, cwd=tmp_path)   # no runs/ of ours in the way
     assert result.returncode == 2
     assert message in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_exponent_without_a_dot_is_a_float():
+    """YAML 1.1 reads 1e-4 as a string; the --help example uses it."""
+    assert config_from_dict({"family": "lm"}, ["train.learning_rate=1e-4"]).train.learning_rate == 1e-4
 
 
 def test_bad_config_file(tmp_path):
@@ -253,6 +260,58 @@ def test_cli_trains_and_refuses_to_overwrite(tmp_path, backend):
     resumed = cli(backend, "--resume", str(out), "--no-progress", "train.max_steps=6")
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stderr
+
+
+def test_cli_never_writes_over_another_run(tmp_path):
+    """A resume sent to another run's directory, a standalone checkpoint with no --out, a
+    max_steps already reached, and leftover metrics all stop before anything is written."""
+    import shutil
+    out, other = tmp_path / "run", tmp_path / "other"
+    small = ["--no-progress", "train.eval_every=2", "train.save_every=2", "train.eval_batches=1",
+             "model.num_layers=1", "model.hidden_size=32", "model.intermediate_size=64",
+             "model.max_seq_length=32"]
+    assert cli("torch", "--out", str(out), "train.max_steps=2", *small).returncode == 0
+    shutil.copytree(out, other)
+
+    def snapshot(*dirs):
+        return {p: p.read_bytes() for d in dirs for p in sorted(d.rglob("*")) if p.is_file()}
+    before = snapshot(out, other)
+    into_other = cli("torch", "--resume", str(out), "--out", str(other), "train.max_steps=4")
+    assert into_other.returncode == 2 and "already holds a run" in into_other.stderr
+    reached = cli("torch", "--resume", str(out), "train.max_steps=2")
+    assert reached.returncode == 2 and "nothing to train" in reached.stderr
+    assert snapshot(out, other) == before
+    loose = tmp_path / "downloads" / "ckpt"
+    shutil.copytree(out / "checkpoints" / "step_00000002", loose)
+    refused = cli("torch", "--resume", str(loose), "train.max_steps=4")
+    assert refused.returncode == 2 and "outside a run directory" in refused.stderr
+    assert sorted(p.name for p in (tmp_path / "downloads").iterdir()) == ["ckpt"]
+    shutil.rmtree(other / "checkpoints")
+    before = snapshot(other)
+    leftover = cli("torch", "--out", str(other), "train.max_steps=2", *small)
+    assert leftover.returncode == 2 and "metrics.jsonl" in leftover.stderr
+    assert snapshot(other) == before
+
+
+def test_resume_refuses_data_that_change_the_tokenizer(tmp_path):
+    from shared.checkpoint import CheckpointError
+    text = tmp_path / "a.txt"
+    text.write_text("\n".join(f"문단 {i}: 서울의 하늘은 맑고 바람이 분다." for i in range(200)))
+    cfg = tiny_config(max_steps=2, save_every=2, eval_every=2, eval_batches=1)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_files=[str(text)]))
+    Run(cfg, TRAINERS["torch"], tmp_path / "run", progress=False).train()
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    other = tmp_path / "b.txt"
+    other.write_text("\n".join(f"paragraph {i}: the sky over Seoul is clear." for i in range(200)))
+    changed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=4),
+                                  data=dataclasses.replace(cfg.data, train_files=[str(other)]))
+    with pytest.raises(CheckpointError, match="different tokenizer.model.*data.tokenizer"):
+        Run(changed, TRAINERS["torch"], tmp_path / "run2", resume=tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
+    # The same data in a new directory trains the same tokenizer: the resume goes ahead.
+    same = dataclasses.replace(changed, data=cfg.data)
+    assert Run(same, TRAINERS["torch"], tmp_path / "run3", resume=tmp_path / "run",
+               progress=False).state.step == 2
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from shared.config import ConfigError
 from shared.specs import family_of, get_family
 from torch_models.models import LOSS_TERMS, LOSSES, build_model
 from torch_models.weights import from_numpy, get_weights, set_weights, to_numpy
@@ -41,7 +42,7 @@ class Trainer:
         self._family, self._loss_fn = family.name, LOSSES[family.name]
         self.optimizer = make_optimizer(self.model, train)
         if train.precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 or fp32")
+            raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 or fp32")
         # Weights and AdamW state stay fp32; autocast runs matmuls in the compute dtype.
         # fp16 also needs loss scaling, or small gradients underflow to zero.
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision)
