@@ -489,6 +489,10 @@ def plan(config, backend: str, attention: str | None = None) -> MemoryPlan:
         raise ValueError(f"unknown backend {backend!r}; expected mlx or torch")
     device_type = "cpu" if config.hardware.device == "cpu" else "cuda"
     result = _family_plan(config, backend, attention, device_type)
+    if device_type == "cpu":  # no CUDA context (and MLX counts only live arrays anyway)
+        result = dataclasses.replace(result, terms=[
+            Term(t.name, 0.0, "none counted on the CPU") if t.name == "framework overhead" else t
+            for t in result.terms])
     parts = cpu_parts(config.train) if (backend, device_type) == ("mlx", "cpu") else 1
     if parts > 1:
         extra = Term("gradients of parallel CPU parts", parts_gradient_bytes(config, parts),
@@ -556,10 +560,12 @@ def suggestions(config, backend: str, attention: str | None = None) -> list[Sugg
     """Single changes that lower peak memory, cheapest (for speed and quality) first.
     Batch changes keep the effective batch by raising accumulation."""
     tc, out = config.train, []
+    baseline = plan(config, backend, attention).peak_bytes
 
     def add(change, overrides, keeps=True, attention_path=None):
         peak = plan(with_overrides(config, overrides), backend, attention_path or attention).peak_bytes
-        out.append(Suggestion(change, overrides, peak, keeps))
+        if peak < baseline:  # e.g. chunked attention saves nothing where flash keeps no scores
+            out.append(Suggestion(change, overrides, peak, keeps))
 
     b, k = tc.batch_size, tc.gradient_accumulation_steps
     for smaller in sorted({max(1, b // d) for d in (2, 4, 8, 16)} - {b}, reverse=True):

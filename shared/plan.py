@@ -17,7 +17,7 @@ import yaml
 from shared.cli import run_cli
 from shared.config import ConfigError, load_config
 from shared.hardware import PROFILES, get_profile
-from shared.memory import GB, SAFETY_MARGIN, budget_bytes, fit, plan, suggestions
+from shared.memory import GB, SAFETY_MARGIN, budget_bytes, fit, plan, suggestions, with_overrides
 from shared.specs.base import SpecError
 
 
@@ -79,6 +79,9 @@ def print_report(r: dict, config_path: str, profile) -> None:
             mark = "fits" if s["fits"] else "too big"
             keep = "" if s["keeps_effective_batch"] else "  [changes the model or tokens/step]"
             w(f"  {i:>2}. {s['change']:<70} {s['peak_gb']:>7.2f} GB  {mark}{keep}\n")
+        if not r["fits"] and not any(s["fits"] for s in r["suggestions"]):
+            w("No single change fits: --fit searches combinations (batch, checkpointing, bf16, "
+              "...) and writes the fitted config.\n")
 
 
 def main(argv=None) -> int:
@@ -89,7 +92,10 @@ def main(argv=None) -> int:
             profile = get_profile(args.device)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        config = load_config(args.config, args.overrides)
+        # The plan is for --device: its kind (CPU or GPU) decides the attention path, the
+        # framework overhead and MLX's parallel CPU parts, and a fitted config names it.
+        config = with_overrides(load_config(args.config, args.overrides),
+                                {"hardware.device": profile.name})
         backend = args.backend or profile.backend
         r = report(config, profile, backend, args.attention)
         if args.fit:
