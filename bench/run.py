@@ -174,21 +174,22 @@ class Backend:
                 "metric": "x real time", "value": spread(speed)}
 
     def streaming(self, spec, seed: int, utterance_seconds: list[float], chunk_ms: int,
-                  repeats: int) -> dict:
+                  repeats: int, sample_rate: int) -> dict:
         """Per-chunk latency of streaming translation (as the stream CLI: features, the
         Emformer step, the CTC heads) for utterances of each length: the encoder's cost
         per chunk must not grow with the utterance. First of repeats + 1 runs: warm-up."""
         from shared.audio.fbank import CMVN
-        from shared.stream_cli import SAMPLE_RATE, stream
+        from shared.stream_cli import stream
         model = self.models.build_model(spec, seed)
         identity = CMVN(np.zeros(spec.n_mels), np.ones(spec.n_mels))
         rng = np.random.default_rng(seed)
         by_length = {}
         for seconds in utterance_seconds:
-            audio = (0.1 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
+            audio = (0.1 * rng.standard_normal(int(seconds * sample_rate))).astype(np.float32)
             chunk_ms_runs, encoder_ms_runs, last_ms_runs = [], [], []
             for rep in range(repeats + 1):
-                timing = stream(self.stream_session(model), audio, identity, SAMPLE_RATE * chunk_ms // 1000)
+                timing = stream(self.stream_session(model), audio, identity,
+                                sample_rate * chunk_ms // 1000, sample_rate=sample_rate)
                 if rep:
                     chunk_ms_runs.append(statistics.mean(timing["chunk_ms"]))
                     encoder_ms_runs.append(statistics.mean(timing["encoder_ms"]))
@@ -486,7 +487,7 @@ def bench_streaming(config: RunConfig, workers: dict, args) -> dict:
     if not args.stream_seconds:
         return {}
     return {name: w.call("streaming", config.model, config.train.seed, args.stream_seconds,
-                         args.chunk_ms, args.repeats)
+                         args.chunk_ms, args.repeats, config.data.sample_rate)
             for name, w in workers.items()}
 
 
@@ -577,11 +578,16 @@ def markdown(report: dict) -> str:
     mlx_env, torch_env = env.get("mlx", {}), env.get("torch", {})
     notes.append(f"{settings['repeats']} blocks of {settings['steps']} steps after "
                  f"{settings['warmup']} warm-up steps; ± is half the min-max range over blocks.")
-    notes.append(f"MLX BLAS: {mlx_env.get('blas', 'n/a')} ({mlx_env.get('blas_threads', '?')} "
-                 f"threads at start); torch threads: {torch_env.get('num_threads', 'n/a')}; "
-                 f"load average at start: {', '.join(f'{x:.2f}' for x in env['load_average'] or [])}.")
-    notes.append("MFU n/a: no known peak FLOP/s for the device. Peak memory n/a: torch on CPU "
-                 "keeps no allocator statistics.")
+    backends = [f"MLX BLAS: {mlx_env.get('blas')} ({mlx_env.get('blas_threads', '?')} threads at start)"
+                if mlx_env else "", f"torch threads: {torch_env.get('num_threads')}" if torch_env else ""]
+    notes.append("; ".join([b for b in backends if b] + [
+        f"load average at start: {', '.join(f'{x:.2f}' for x in env['load_average'] or [])}."]))
+    rows = [r for run in report["runs"] for r in run["training"].values()]
+    if any(not r["mfu"] for r in rows):
+        notes.append("MFU n/a: no FLOP count for the model (only the LM has one) or no known "
+                     "peak FLOP/s for the device (--hardware names one).")
+    if any(not r["peak_memory_bytes"] for r in rows):
+        notes.append("Peak memory n/a: torch on CPU keeps no allocator statistics.")
     return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
 
 
@@ -657,6 +663,17 @@ def parse_args(argv=None):
         p.error("--steps, --repeats and --threads must be >= 1, --warmup >= 0")
     if args.hardware and args.hardware not in PROFILES:
         p.error(f"unknown --hardware {args.hardware!r}; known: {', '.join(PROFILES)}")
+    if not args.models or not args.backends:
+        p.error("--models and --backends need at least one name each")
+    if (args.gen_tokens < 0 or args.prompt_tokens < 1 or args.audio_seconds < 0 or args.chunk_ms < 10
+            or any(s <= 0 for s in args.stream_seconds)):
+        p.error("--gen-tokens must be >= 0, --prompt-tokens >= 1, --audio-seconds >= 0, "
+                "--chunk-ms >= 10 and each --stream-seconds > 0")
+    # Output paths are checked now: a bad one must not throw away a finished run.
+    for name in ("json", "markdown", "plot"):
+        path = getattr(args, name)
+        if path is not None and (path.is_dir() or not path.resolve().parent.is_dir()):
+            p.error(f"--{name} {path}: not a file in an existing directory")
     return args
 
 

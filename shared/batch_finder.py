@@ -55,6 +55,12 @@ def find_max_batch(probe: Callable[[int], float], budget: float, limit: int,
     return good, peaks
 
 
+# What makes one example smaller, per family.
+SHORTER = {"lm": "a shorter train.seq_length", "tflocoformer": "a shorter data.segment_seconds",
+           "bandsplit": "a shorter data.segment_seconds",
+           "echostream": "a shorter data.max_duration"}
+
+
 def main(backend: str, make_probe, argv=None) -> int:
     p = argparse.ArgumentParser(
         prog=f"python -m {backend}_models.find_batch_size",
@@ -68,8 +74,10 @@ def main(backend: str, make_probe, argv=None) -> int:
     args = p.parse_intermixed_args(argv)
 
     def run():
+        if (args.budget_gb is not None and not args.budget_gb > 0) or args.max_batch < 1:
+            raise ConfigError("--budget-gb must be > 0 and --max-batch >= 1")
         config = load_config(args.config, args.overrides)
-        budget = args.budget_gb * GB if args.budget_gb else budget_bytes(get_profile(config.hardware.device))
+        budget = args.budget_gb * GB if args.budget_gb is not None else budget_bytes(get_profile(config.hardware.device))
         print(f"probing {backend} micro-batches for {args.config or 'configs/tiny.yaml'}, budget "
               f"{budget / GB:.2f} GB (full steps: forward, backward, AdamW)", file=sys.stderr)
         best, peaks = find_max_batch(make_probe(config), budget, args.max_batch,
@@ -77,12 +85,13 @@ def main(backend: str, make_probe, argv=None) -> int:
         if best == 0:
             raise ConfigError(f"even batch 1 needs {peaks.get(1, float('nan')) / GB:.2f} GB of "
                               f"{budget / GB:.2f} GB; turn on train.gradient_checkpointing, use "
-                              f"bf16 or a shorter train.seq_length (python -m shared.plan)")
+                              f"bf16 or {SHORTER[config.family]} (python -m shared.plan --fit)")
         effective = config.train.batch_size * config.train.gradient_accumulation_steps
         micro = max(d for d in range(1, min(best, effective) + 1) if effective % d == 0)
         predicted = plan(with_overrides(config, {"train.batch_size": best,
                                                  "train.gradient_accumulation_steps": 1}), backend)
-        print(f"largest micro-batch: {best} (measured peak {peaks[best] / GB:.3f} GB; planner "
+        capped = " -- the --max-batch cap: more may fit" if best == args.max_batch else ""
+        print(f"largest micro-batch: {best}{capped} (measured peak {peaks[best] / GB:.3f} GB; planner "
               f"predicted {predicted.peak_bytes / GB:.3f} GB)")
         print(f"for the effective batch {effective}: train.batch_size={micro} "
               f"train.gradient_accumulation_steps={effective // micro}")

@@ -172,11 +172,10 @@ def check_weights(weights: dict[str, np.ndarray], manifest: list[ParamSpec],
         return
     lines = [f"{source} does not match the model config "
              f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} wrong shape):"]
-    lines += [f"  missing: {n}" for n in missing[:20]]
-    lines += [f"  unexpected: {n}" for n in unexpected[:20]]
-    lines += [f"  shape: {w}" for w in wrong[:20]]
-    if len(missing) + len(unexpected) + len(wrong) > 60:
-        lines.append("  ...")
+    for kind, names in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)):
+        lines += [f"  {kind}: {n}" for n in names[:20]]
+        if len(names) > 20:
+            lines.append(f"  ... and {len(names) - 20} more ({kind})")
     lines.append("Fix: build the model from the checkpoint's own config.yaml, or point at a "
                  "checkpoint trained with this model config.")
     raise CheckpointError("\n".join(lines))

@@ -79,10 +79,17 @@ def main(backend: str, load, argv=None) -> int:
     args = parser(backend).parse_args(argv)
 
     def run():
+        if args.max_tokens < 0:
+            raise DataError(f"--max-tokens must be >= 0, got {args.max_tokens}")
+        if not args.temperature >= 0:   # also NaN
+            raise DataError(f"--temperature must be >= 0 (0: greedy), got {args.temperature}")
+        if not 0 < args.top_p <= 1:
+            raise DataError(f"--top-p must be within (0, 1], got {args.top_p}")
         ckpt = resolve_checkpoint(args.checkpoint)
         tokenizer_path = Path(args.tokenizer) if args.tokenizer else ckpt / "tokenizer.model"
         next_logits, spec = load(ckpt)
-        tokenizer = load_tokenizer(tokenizer_path, spec.vocab_size)
+        tokenizer = load_tokenizer(tokenizer_path, spec.vocab_size,
+                                   fix="pass --tokenizer with the model's SentencePiece file")
         stats = generate(next_logits, tokenizer, args.prompt, args.max_tokens,
                          spec.max_seq_length, args.temperature, args.top_p, args.seed)
         print(f"[{backend}] prompt {stats['prompt_tokens']} tokens in {stats['prefill_s']:.3f}s, "

@@ -108,6 +108,8 @@ def main(argv=None) -> int:
                     f"alone {r['static_gb']:.2f} GB) of {budget_bytes(profile) / GB:.2f} GB; "
                     f"use a smaller model or a larger device")
             out = Path(args.out) if args.out else Path(args.config).with_suffix(f".{profile.name}.yaml")
+            if out.is_dir() or not out.resolve().parent.is_dir():
+                raise ConfigError(f"--out {out}: not a file in an existing directory")
             if out.exists() and not args.force:
                 raise ConfigError(f"{out} exists; pass --force to replace it or --out another path")
             before, after = config.to_dict(), fitted.to_dict()

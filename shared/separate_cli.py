@@ -27,6 +27,8 @@ from shared.separation import separate
 
 def read_input(path: Path, sample_rate: int, channels: int) -> np.ndarray:
     """(C, T) float32; mono is copied to every channel the model expects."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
     try:
         audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
@@ -34,6 +36,8 @@ def read_input(path: Path, sample_rate: int, channels: int) -> np.ndarray:
     if rate != sample_rate:
         raise DataError(f"{path} is {rate} Hz but the model was trained at {sample_rate} Hz; "
                         f"resample it first, e.g. sox {path.name} -r {sample_rate} out.wav")
+    if len(audio) == 0:
+        raise DataError(f"{path} holds no samples")
     audio = audio.T
     if audio.shape[0] == 1 and channels > 1:
         audio = np.repeat(audio, channels, axis=0)
@@ -57,20 +61,31 @@ def main(backend: str, load, argv=None) -> int:
     def run():
         from tqdm import tqdm
 
+        if args.chunk_seconds is not None and not args.chunk_seconds > 0:
+            raise DataError(f"--chunk-seconds must be > 0, got {args.chunk_seconds}")
+        if not 0 <= args.overlap <= 0.9:
+            raise DataError(f"--overlap must be within 0..0.9, got {args.overlap}")
+        if args.batch_chunks < 1:
+            raise DataError(f"--batch-chunks must be >= 1, got {args.batch_chunks}")
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise DataError(f"--out {out} is a file; --out names a directory for the stems")
         ckpt = resolve_checkpoint(args.checkpoint)
         run_chunks, config = load(ckpt)
         data, model = config.get("data", {}), config["model"]
         rate = int(data.get("sample_rate", 44100))
         chunk = int(round((args.chunk_seconds or data.get("segment_seconds", 3.0)) * rate))
+        if chunk <= model.get("n_fft", 0):
+            raise DataError(f"--chunk-seconds {args.chunk_seconds} is {chunk} samples, not more "
+                            f"than the model's n_fft ({model['n_fft']}); use longer chunks")
         mixture = read_input(Path(args.input), rate, int(model["audio_channels"]))
+        out.mkdir(parents=True, exist_ok=True)  # before the work: a bad --out fails now
         hop = max(1, int(chunk * (1 - args.overlap)))
         n_chunks = len(range(0, max(mixture.shape[1] - chunk, 0) + hop, hop))
         start = time.perf_counter()
         with tqdm(total=n_chunks, unit="chunk", file=sys.stderr, desc=f"separate[{backend}]") as bar:
             stems = separate(mixture, run_chunks, chunk, args.overlap, args.batch_chunks, bar.update)
         elapsed = time.perf_counter() - start
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         for name, audio in zip(STEMS, stems):
             sf.write(str(out / f"{name}.wav"), audio.T, rate, subtype="FLOAT")
         seconds = mixture.shape[1] / rate

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from shared.audio.fbank import CMVN, StreamingFbank
+from shared.audio.fbank import CMVN, FbankOptions, StreamingFbank
 from shared.checkpoint import CheckpointError
 from shared.cli import run_cli
 from shared.data.lm_text import DataError, load_tokenizer
@@ -30,30 +30,34 @@ from shared.data.s2ut import cmvn_from_file, mt_token_ids, unit_sequence
 from shared.generate_cli import resolve_checkpoint
 from shared.metrics import ctc_collapse
 
-SAMPLE_RATE = 16000
 CHECKPOINT_FILES = ("src_tokenizer.model", "tgt_tokenizer.model", "cmvn.npz")
 
 
-def read_speech(path: Path) -> np.ndarray:
-    """(samples,) float32 mono at 16 kHz, or a DataError that says how to convert."""
+def read_speech(path: Path, sample_rate: int) -> np.ndarray:
+    """(samples,) float32 mono at the model's rate, or a DataError that says how to convert."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
     try:
         audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         raise DataError(f"cannot read {path}: {e}") from None
-    if rate != SAMPLE_RATE:
-        raise DataError(f"{path} is {rate} Hz; EchoStream takes {SAMPLE_RATE} Hz mono: "
-                        f"sox {path.name} -r {SAMPLE_RATE} -c 1 out.wav")
+    if rate != sample_rate:
+        raise DataError(f"{path} is {rate} Hz; this model takes {sample_rate} Hz mono (its "
+                        f"data.sample_rate): sox {path.name} -r {sample_rate} -c 1 out.wav")
+    if len(audio) == 0:
+        raise DataError(f"{path} holds no samples")
     if audio.shape[1] != 1:
         raise DataError(f"{path} has {audio.shape[1]} channels; EchoStream takes mono: "
                         f"sox {path.name} -c 1 out.wav")
     return audio[:, 0]
 
 
-def stream(session, audio: np.ndarray, cmvn: CMVN, chunk_samples: int, on_chunk=None) -> dict:
+def stream(session, audio: np.ndarray, cmvn: CMVN, chunk_samples: int, on_chunk=None,
+           sample_rate: int = 16000) -> dict:
     """Feed `audio` through `session` chunk by chunk. Per chunk: features, the encoder
     step and the CTC heads, timed separately; `on_chunk(i, seconds_so_far, session)` is
     called after each (for printing; not timed). Returns per-chunk milliseconds."""
-    fbank = StreamingFbank()
+    fbank = StreamingFbank(FbankOptions(sample_rate=sample_rate))  # as in training
     encoder_ms, total_ms = [], []
     starts = range(0, max(len(audio), 1), chunk_samples)
     for i, start in enumerate(starts):
@@ -67,7 +71,7 @@ def stream(session, audio: np.ndarray, cmvn: CMVN, chunk_samples: int, on_chunk=
         encoder_ms.append(1e3 * (t2 - t1))
         total_ms.append(1e3 * (t3 - t0))
         if on_chunk is not None:
-            on_chunk(i, min(start + chunk_samples, len(audio)) / SAMPLE_RATE, session)
+            on_chunk(i, min(start + chunk_samples, len(audio)) / sample_rate, session)
     t0 = time.perf_counter()
     session.finish()
     finish_ms = 1e3 * (time.perf_counter() - t0)
@@ -87,7 +91,8 @@ def main(backend: str, load, argv=None) -> int:
                                             f"checkpoint ({backend}): the audio is fed chunk by chunk "
                                             "and the transcripts are printed as they grow.")
     p.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
-    p.add_argument("input", help="16 kHz mono WAV (or any format soundfile reads)")
+    p.add_argument("input", help="mono WAV at the model's data.sample_rate, 16 kHz by default "
+                                 "(or any format soundfile reads)")
     p.add_argument("--chunk-ms", type=int, default=320, help="audio per chunk (default 320 ms)")
     p.add_argument("--max-target-len", type=int, default=200, help="MT decoder tokens at most")
     p.add_argument("--quiet", action="store_true", help="print only the final results")
@@ -97,6 +102,10 @@ def main(backend: str, load, argv=None) -> int:
     def run():
         if args.chunk_ms < 10:
             raise DataError(f"--chunk-ms must be >= 10 (one feature frame), got {args.chunk_ms}")
+        if args.max_target_len < 1:
+            raise DataError(f"--max-target-len must be >= 1, got {args.max_target_len}")
+        if args.json and not Path(args.json).resolve().parent.is_dir():
+            raise DataError(f"--json {args.json}: no such directory {Path(args.json).parent}")
         ckpt = resolve_checkpoint(args.checkpoint)
         missing = [name for name in CHECKPOINT_FILES if not (ckpt / name).is_file()]
         if missing:
@@ -108,8 +117,9 @@ def main(backend: str, load, argv=None) -> int:
         src = load_tokenizer(ckpt / "src_tokenizer.model", spec["src_vocab_size"])
         tgt = load_tokenizer(ckpt / "tgt_tokenizer.model", spec["tgt_vocab_size"])
         cmvn = cmvn_from_file(ckpt / "cmvn.npz")
-        audio = read_speech(Path(args.input))
-        seconds = len(audio) / SAMPLE_RATE
+        sample_rate = int(config.get("data", {}).get("sample_rate", 16000))
+        audio = read_speech(Path(args.input), sample_rate)
+        seconds = len(audio) / sample_rate
         shown = {"asr": None, "st": None}
 
         def show(i, t, session):
@@ -120,7 +130,7 @@ def main(backend: str, load, argv=None) -> int:
             shown.update(asr=asr, st=st)
 
         session = new_session()
-        timing = stream(session, audio, cmvn, SAMPLE_RATE * args.chunk_ms // 1000, show)
+        timing = stream(session, audio, cmvn, sample_rate * args.chunk_ms // 1000, show, sample_rate)
         t0 = time.perf_counter()
         out = session.translate(args.max_target_len)
         translate_ms = 1e3 * (time.perf_counter() - t0)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.data.lm_text import LMDataset, WindowSampler, eval_batches
+from shared.data.lm_text import DataError, LMDataset, WindowSampler, eval_batches
 
 
 def same_data_file(name: str, a: bytes, b: bytes) -> bool:
@@ -64,9 +64,12 @@ class SeparationTask:
     unit = "audio_s"
 
     def __init__(self, config, out_dir: Path, rank: int = 0, world_size: int = 1):
-        from shared.data.musdb import MusdbDataset, RemixSampler
+        from shared.data.musdb import STEMS, MusdbDataset, RemixSampler
 
         d = config.data
+        if config.model.n_sources != len(STEMS):
+            raise DataError(f"model.n_sources={config.model.n_sources}, but the MUSDB18 data give "
+                            f"{len(STEMS)} stems ({', '.join(STEMS)}); use model.n_sources={len(STEMS)}")
         root = Path(d.root) if d.root else demo_dataset(out_dir / "data" / "synth_musdb", d)
         self.sample_rate, self.segment = d.sample_rate, d.segment_samples
         train = MusdbDataset(root, "train", d.sample_rate, config.model.audio_channels)
@@ -78,6 +81,9 @@ class SeparationTask:
         fixed = RemixSampler(self.valid, self.segment, seed=12345, remix=False, gain_range=(1.0, 1.0),
                              channel_swap=False, min_rms=d.min_rms)
         self.val_batches = [fixed.batch(i, 1) for i in range(d.val_segments)]
+        if d.val_tracks > len(self.valid):
+            raise DataError(f"data.val_tracks={d.val_tracks}, but {root} has {len(self.valid)} "
+                            f"validation tracks; lower it, or 0 to score them all")
         self.val_tracks = d.val_tracks or len(self.valid)
         self.units_per_sample = self.segment / d.sample_rate
 

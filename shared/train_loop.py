@@ -99,6 +99,26 @@ def process_memory() -> tuple[int, int]:
     return current, peak
 
 
+def _resumable_weights(ckpt: Path, config: RunConfig) -> dict[str, np.ndarray]:
+    """The checkpoint's weights, if the config builds the same model (its non-shape
+    settings, dropout say, may change on resume)."""
+    from dataclasses import fields
+
+    from shared.specs import get_family
+
+    family, saved, _, weights, _ = open_checkpoint(ckpt)
+    if family != config.family:
+        raise CheckpointError(f"{ckpt} holds a {family!r} model but the config is for "
+                              f"{config.family!r}; resume with the run's own config (no --config)")
+    shapes = {p.name: p.shape for p in get_family(family).manifest(config.model)}
+    if shapes != {name: tuple(w.shape) for name, w in weights.items()}:
+        changed = ", ".join(f"model.{f.name} {getattr(saved, f.name)} -> {getattr(config.model, f.name)}"
+                            for f in fields(saved) if getattr(saved, f.name) != getattr(config.model, f.name))
+        raise CheckpointError(f"{ckpt} holds a model of another shape than the config's "
+                              f"({changed}); a resumed run keeps its model: drop those changes")
+    return weights
+
+
 def _row_step(line: str) -> float:
     """A metrics row's step; a line cut short by a killed run counts as after every step."""
     try:
@@ -114,12 +134,12 @@ class Run:
         self.config, self.out = config, Path(out_dir)
         self.rank, self.world_size, self.progress = rank, world_size, progress
         tc = config.train
+        weights = None
+        if resume is not None:  # checked before any data is built
+            ckpt = find_checkpoint(resume)
+            weights = _resumable_weights(ckpt, config)
         self.task = make_task(config, self.out, rank, world_size)
         self.state = TrainState()
-        weights = None
-        if resume is not None:
-            ckpt = find_checkpoint(resume)
-            _, _, _, weights, _ = open_checkpoint(ckpt)
         self.trainer = trainer_cls(config.model, tc, weights)
         if resume is not None:
             self._restore(ckpt)

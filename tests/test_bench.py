@@ -81,6 +81,11 @@ def test_bench_rejects_unknown_names_and_bad_configs(tmp_path):
     assert out.returncode == 2 and "unknown backends: jax" in out.stderr
     out = run_bench("--configs", "configs/tiny.yaml", "train.learning_rat=1")
     assert out.returncode == 2 and "did you mean 'learning_rate'" in out.stderr
+    # Checked before anything runs: a bad output path must not throw away a finished bench.
+    out = run_bench("--json", str(tmp_path / "missing" / "b.json"))
+    assert out.returncode == 2 and "not a file in an existing directory" in out.stderr
+    out = run_bench("--models", "echostream", "--chunk-ms", "0")
+    assert out.returncode == 2 and "--chunk-ms >= 10" in out.stderr
 
 
 def test_bench_bandsplit_and_echostream_streaming(tmp_path):

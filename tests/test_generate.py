@@ -46,6 +46,17 @@ class CharTokenizer:
     def decode(self, ids): return "".join(chr(ord("a") + (i % 26)) for i in ids)
 
 
+@pytest.mark.parametrize("option,value,message", [
+    ("--temperature", "nan", "--temperature must be >= 0"),
+    ("--top-p", "7", "--top-p must be within (0, 1]"),
+    ("--max-tokens", "-1", "--max-tokens must be >= 0"),
+])
+def test_bad_generation_options_are_one_line(capsys, option, value, message):
+    from shared.generate_cli import main
+    assert main("mlx", None, ["--checkpoint", "nowhere", option, value]) == 2
+    assert message in capsys.readouterr().err
+
+
 class ByteTokenizer:
     """One id per UTF-8 byte, decoded as SentencePiece decodes byte-fallback pieces: an
     incomplete character comes out as U+FFFD."""

@@ -110,6 +110,27 @@ def test_cli_table_and_json():
     assert data["fits"] and data["backend"] == "torch" and data["peak_gb"] > 0
 
 
+def test_cli_plans_for_the_device_it_is_given():
+    """--device, not the config's hardware.device, decides CPU or GPU: a CUDA config planned
+    for the CPU gets the math attention path and no CUDA context, and vice versa."""
+    on_cpu = json.loads(cli("--config", "configs/cuda_lm.yaml", "--device", "cpu", "--json").stdout)
+    as_cpu = plan(with_overrides(load_config(ROOT / "configs/cuda_lm.yaml"), {"hardware.device": "cpu"}),
+                  "torch")
+    assert on_cpu["peak_gb"] == pytest.approx(as_cpu.peak_bytes / GB)
+    assert as_cpu.term("framework overhead") == 0
+    on_gpu = json.loads(cli("--config", "configs/tiny.yaml", "--device", "h100_80gb", "--json").stdout)
+    overhead = [t for t in on_gpu["terms"] if t["name"] == "framework overhead"]
+    assert overhead[0]["bytes"] == 0.5 * GB
+    # Every suggestion lowers the peak (chunked attention saves nothing where flash keeps no scores).
+    big = with_overrides(load_config(ROOT / "configs/musdb18_memory_optimized.yaml"),
+                         {"hardware.device": "rtx_pro_6000_96gb"})
+    base = plan(big, "torch").peak_bytes
+    assert all(s.peak_bytes < base for s in suggestions(big, "torch"))
+    # A separator on a CPU has no CUDA context either.
+    demo = load_config(ROOT / "configs/bandsplit_demo.yaml")
+    assert plan(demo, "torch").term("framework overhead") == 0
+
+
 def test_cli_fit_writes_a_config_that_fits_and_never_overwrites(tmp_path):
     out = tmp_path / "fitted.yaml"
     r = cli("--config", "configs/m4max_large.yaml", "--device", "m4max_36gb", "--fit", "--out", str(out))
@@ -126,6 +147,8 @@ def test_cli_fit_writes_a_config_that_fits_and_never_overwrites(tmp_path):
     (["--config", "configs/tiny.yaml", "--device", "m4max"], "unknown device profile 'm4max' (did you mean"),
     (["--config", "configs/tiny.yaml", "--device", "cpu", "train.batch_size=0"], "train.batch_size must be > 0"),
     (["--config", "configs/missing.yaml", "--device", "cpu"], "not found"),
+    (["--config", "configs/tiny.yaml", "--device", "cpu", "--fit", "--out", "/nonexistent/x.yaml"],
+     "not a file in an existing directory"),
 ])
 def test_cli_bad_input_is_one_line(args, message):
     r = cli(*args)

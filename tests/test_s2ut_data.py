@@ -162,7 +162,7 @@ def test_tokenizer_size_errors_name_the_key(corpus, tmp_path):
     with pytest.raises(DataError, match="has 24 pieces but model.src_vocab_size is 30; set "
                                         "model.src_vocab_size=24"):
         tokenizer_for(str(corpus.src_tokenizer_path), texts, 30, tmp_path / "c.model",
-                      "model.src_vocab_size", "x")
+                      "model.src_vocab_size", "x", "data.src_tokenizer")
 
 
 # ------------------------------------------------------------------ features and CMVN

@@ -40,6 +40,27 @@ def test_trains_evaluates_and_resumes_exactly(tmp_path, backend):
     assert (tmp_path / "whole" / "data" / "synth_musdb" / "valid_tracks.txt").is_file()
 
 
+def test_configs_the_data_cannot_serve_are_refused(tmp_path):
+    from shared.data.lm_text import DataError
+    with pytest.raises(DataError, match="model.n_sources=2, but the MUSDB18 data give 4 stems"):
+        Run(config_from_dict({**tiny().to_dict(), "model": {**tiny().to_dict()["model"], "n_sources": 2}}),
+            TRAINERS["torch"], tmp_path / "a", progress=False)
+    with pytest.raises(DataError, match="data.val_tracks=5, but .* has 2 validation tracks"):
+        Run(config_from_dict({**tiny().to_dict(), "data": {**tiny().to_dict()["data"], "val_tracks": 5}}),
+            TRAINERS["torch"], tmp_path / "b", progress=False)
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--batch-chunks", "0", "--batch-chunks must be >= 1"),
+    ("--overlap", "0.95", "--overlap must be within 0..0.9"),
+    ("--chunk-seconds", "-1", "--chunk-seconds must be > 0"),
+])
+def test_separate_options_are_checked_before_any_work(capsys, option, value, message, tmp_path):
+    from shared.separate_cli import main
+    assert main("torch", None, ["--checkpoint", "nowhere", "song.wav", "--out", str(tmp_path), option, value]) == 2
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
 def test_separate_cli_writes_one_file_per_stem(tmp_path, backend):
     Run(tiny(max_steps=1), TRAINERS[backend], tmp_path / "run", progress=False).train()

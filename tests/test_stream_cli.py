@@ -51,6 +51,25 @@ def test_both_backends_stream_the_same_results(checkpoint, tmp_path):
     assert len(m["timing"]["chunk_ms"]) == m["chunks"] and m["real_time_factor"] > 0
 
 
+def test_the_checkpoint_sets_the_sample_rate(checkpoint, tmp_path):
+    """Features are computed at the rate the model was trained on (data.sample_rate)."""
+    import shutil
+    import yaml
+    ckpt = tmp_path / "at8k"
+    shutil.copytree(checkpoint / "checkpoints" / "best", ckpt)
+    config = yaml.safe_load((ckpt / "config.yaml").read_text())
+    config["data"]["sample_rate"] = 8000
+    (ckpt / "config.yaml").write_text(yaml.safe_dump(config))
+    speech = tmp_path / "speech8k.wav"
+    sf.write(str(speech), 0.1 * np.random.default_rng(0).standard_normal(8000).astype(np.float32), 8000)
+    r = run("torch_models.stream", "--checkpoint", str(ckpt), str(speech), "--json", str(tmp_path / "r.json"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["audio_seconds"] == pytest.approx(1.0)
+    wav16k = sorted((checkpoint / "data").rglob("*.wav"))[0]
+    r = run("torch_models.stream", "--checkpoint", str(ckpt), str(wav16k))
+    assert r.returncode == 2 and "this model takes 8000 Hz" in r.stderr
+
+
 def test_bad_inputs_are_one_line(checkpoint, tmp_path):
     stereo = tmp_path / "stereo.wav"
     sf.write(str(stereo), np.zeros((16000, 2), np.float32), 16000)
@@ -60,6 +79,10 @@ def test_bad_inputs_are_one_line(checkpoint, tmp_path):
     sf.write(str(rate), np.zeros(8000, np.float32), 8000)
     r = run("mlx_models.stream", "--checkpoint", str(checkpoint), str(rate))
     assert r.returncode == 2 and "8000 Hz" in r.stderr and "sox" in r.stderr
+    r = run("torch_models.stream", "--checkpoint", str(checkpoint), str(tmp_path / "missing.wav"))
+    assert r.returncode == 2 and "no such file" in r.stderr
+    r = run("torch_models.stream", "--checkpoint", str(checkpoint), str(rate), "--max-target-len", "0")
+    assert r.returncode == 2 and "--max-target-len must be >= 1" in r.stderr
     lm_like = tmp_path / "not_echostream"
     lm_like.mkdir()
     r = run("torch_models.stream", "--checkpoint", str(lm_like), str(rate))

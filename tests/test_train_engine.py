@@ -293,6 +293,24 @@ def test_cli_never_writes_over_another_run(tmp_path):
     assert snapshot(other) == before
 
 
+def test_resume_refuses_another_model_before_building_data(tmp_path):
+    from shared.checkpoint import CheckpointError
+    cfg = tiny_config(max_steps=2, save_every=2, eval_every=2, eval_batches=1)
+    Run(cfg, TRAINERS["torch"], tmp_path / "run", progress=False).train()
+    wider = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hidden_size=64))
+    with pytest.raises(CheckpointError, match="another shape.*model.hidden_size 32 -> 64"):
+        Run(wider, TRAINERS["torch"], tmp_path / "run", resume=tmp_path / "run", progress=False)
+    separator = config_from_dict({"family": "bandsplit", "train": {"max_steps": 4}})
+    with pytest.raises(CheckpointError, match="holds a 'lm' model but the config is for 'bandsplit'"):
+        Run(separator, TRAINERS["torch"], tmp_path / "sep", resume=tmp_path / "run", progress=False)
+    assert not (tmp_path / "sep").exists()   # no demo data built
+    # Settings that do not change the shapes may change on resume.
+    no_dropout = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=0.0),
+                                     train=dataclasses.replace(cfg.train, max_steps=4))
+    assert Run(no_dropout, TRAINERS["torch"], tmp_path / "run", resume=tmp_path / "run",
+               progress=False).state.step == 2
+
+
 def test_resume_refuses_data_that_change_the_tokenizer(tmp_path):
     from shared.checkpoint import CheckpointError
     text = tmp_path / "a.txt"

@@ -114,13 +114,13 @@ def character_coverage(paragraphs: list[str], vocab_size: int, default: float = 
     return max(0.98, min(default, sum(counts[:budget]) / sum(counts)))  # SentencePiece's range
 
 
-def load_tokenizer(path: str | Path, model_vocab_size: int | None = None):
+def load_tokenizer(path: str | Path, model_vocab_size: int | None = None,
+                   fix: str = "fix data.tokenizer or leave it empty to train one"):
     import sentencepiece as spm
 
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"tokenizer {path} not found; fix data.tokenizer or leave it empty "
-                        f"to train one")
+        raise DataError(f"tokenizer {path} not found; {fix}")
     try:
         sp = spm.SentencePieceProcessor(model_file=str(path))
     except (RuntimeError, OSError) as e:

@@ -101,11 +101,11 @@ def scan_track(folder: Path, sample_rate: int, channels: int) -> Track:
         if info.samplerate != sample_rate:
             raise DataError(f"track '{name}': {path.name} is {info.samplerate} Hz, expected "
                             f"{sample_rate} Hz; resample the dataset (MUSDB18-HQ is 44100 Hz) "
-                            f"or set the sample rate to {info.samplerate}")
+                            f"or set data.sample_rate={info.samplerate}")
         if info.channels != channels:
             raise DataError(f"track '{name}': {path.name} has {info.channels} channel(s), "
                             f"expected {channels}; convert the file (MUSDB18-HQ is stereo) "
-                            f"or set the channel count to {info.channels}")
+                            f"or set model.audio_channels={info.channels}")
         lengths[f"{f}.wav"] = info.frames
     if len(set(lengths.values())) > 1:
         detail = ", ".join(f"{k} {v}" for k, v in lengths.items())

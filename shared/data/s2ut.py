@@ -244,7 +244,7 @@ def check_tokenizer(sp, path: Path, vocab_size: int, vocab_key: str) -> None:
 
 
 def tokenizer_for(given: str, texts: list[str], vocab_size: int, cache_path: Path,
-                  vocab_key: str, what: str):
+                  vocab_key: str, what: str, setting: str):
     """A SentencePiece processor: the given model file, or one trained from `texts` into
     cache_path (retrained when the texts or the vocabulary size change)."""
     if given:
@@ -256,7 +256,7 @@ def tokenizer_for(given: str, texts: list[str], vocab_size: int, cache_path: Pat
         if not (path.is_file() and key_file.is_file() and key_file.read_text() == key):
             train_sentencepiece(texts, vocab_size, path, vocab_key, what)
             key_file.write_text(key)
-    sp = load_tokenizer(path)
+    sp = load_tokenizer(path, fix=f"fix {setting} or leave it empty to train one")
     check_tokenizer(sp, path, vocab_size, vocab_key)
     return sp, path
 
@@ -538,11 +538,11 @@ class S2UTCorpus:
         self.src_tokenizer, self.src_tokenizer_path = tokenizer_for(
             d.src_tokenizer, [u.src_text for u in train], src_vocab_size,
             data_dir / "src_tokenizer.model", "model.src_vocab_size",
-            f"the source text of {train_path}")
+            f"the source text of {train_path}", "data.src_tokenizer")
         self.tgt_tokenizer, self.tgt_tokenizer_path = tokenizer_for(
             d.tgt_tokenizer, [u.tgt_text for u in train], tgt_vocab_size,
             data_dir / "tgt_tokenizer.model", "model.tgt_vocab_size",
-            f"the target text of {train_path}")
+            f"the target text of {train_path}", "data.tgt_tokenizer")
         cache = FeatureCache(data_dir / "fbank", FbankOptions(sample_rate=d.sample_rate))
         self.train = S2UTDataset(train, self.src_tokenizer, self.tgt_tokenizer, cache)
         self.dev = S2UTDataset(dev, self.src_tokenizer, self.tgt_tokenizer, cache)
