@@ -17,7 +17,7 @@ def make_probe(config):
         # Parallel CPU parts peak wherever their threads happen to interleave, different
         # from run to run. One stream is the repeatable worst case of their activations;
         # the parts add their gradient copies to it.
-        parts = cpu_streams(cfg.train)
+        parts = cpu_streams(cfg.train, cfg.family)
         one_stream = with_overrides(cfg, {"train.cpu_streams": 1})
         gc.collect()
         mx.clear_cache()

@@ -44,12 +44,12 @@ def set_random_key(words) -> None:
     mx.random.seed((hi << 32) | lo)
 
 
-def cpu_streams(train) -> int:
+def cpu_streams(train, family: str) -> int:
     """Parts per micro-batch (shared/config.py: cpu_parts) on a CPU; 1 on a GPU. MLX runs
     each stream's ops on a thread of its own, and on a CPU only its BLAS is multi-threaded:
     with one stream the element-wise ops, reductions and softmaxes leave the other cores
     idle. A part per core uses them (tiny LM on 2 cores: 340 -> 260 ms per step)."""
-    return cpu_parts(train) if mx.default_device() == mx.cpu else 1
+    return cpu_parts(train, family) if mx.default_device() == mx.cpu else 1
 
 
 def batch_length(batch) -> int:
@@ -88,7 +88,7 @@ class Trainer:
             state = [self.model.state, self.optimizer.state]
             update_fn = mx.compile(update_fn, inputs=state, outputs=state)
         self._grad_fn, self._update_fn = grad_fn, update_fn
-        n_streams = cpu_streams(train)
+        n_streams = cpu_streams(train, family.name)
         # A part's graph is built here, in order (so random draws are reproducible), and
         # evaluated by a worker thread that owns its stream: MLX streams belong to the thread
         # that made them. (Evaluating all parts in one mx.eval does not overlap them unless

@@ -282,11 +282,12 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def cpu_parts(train: TrainConfig) -> int:
+def cpu_parts(train: TrainConfig, family: str) -> int:
     """How many parts MLX splits each micro-batch into when it trains on a CPU, each part on
-    a stream (and thread) of its own (mlx_models/trainer.py): train.cpu_streams, or one per
-    core when 0, at most one per example."""
-    return max(1, min(train.cpu_streams or available_cores(), train.batch_size))
+    a stream (and thread) of its own (mlx_models/trainer.py): train.cpu_streams, or when 0
+    one per core (one for a family where splitting does not pay), at most one per example."""
+    auto = available_cores() if get_family(family).split_by_default else 1
+    return max(1, min(train.cpu_streams or auto, train.batch_size))
 
 
 def config_from_dict(raw: dict, overrides: list[str] = ()) -> RunConfig:

@@ -493,7 +493,7 @@ def plan(config, backend: str, attention: str | None = None) -> MemoryPlan:
         result = dataclasses.replace(result, terms=[
             Term(t.name, 0.0, "none counted on the CPU") if t.name == "framework overhead" else t
             for t in result.terms])
-    parts = cpu_parts(config.train) if (backend, device_type) == ("mlx", "cpu") else 1
+    parts = cpu_parts(config.train, config.family) if (backend, device_type) == ("mlx", "cpu") else 1
     if parts > 1:
         extra = Term("gradients of parallel CPU parts", parts_gradient_bytes(config, parts),
                      f"{parts} parts of each micro-batch on parallel CPU streams "

@@ -57,6 +57,8 @@ def test_one_stream_when_asked_or_when_the_batch_is_one_example():
     assert MLXTrainer(LM, TrainConfig(cpu_streams=1)).parallel_parts == 1
     assert MLXTrainer(LM, TrainConfig(cpu_streams=4, batch_size=1)).parallel_parts == 1
     assert MLXTrainer(LM, TrainConfig(cpu_streams=4, batch_size=2)).parallel_parts == 2
+    # EchoStream splits only when asked: its many tiny CTC ops do not pay for the parts.
+    assert MLXTrainer(ECHOSTREAM, TrainConfig(cpu_streams=0)).parallel_parts == 1
 
 
 def test_negative_streams_are_a_config_error():

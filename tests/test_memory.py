@@ -40,7 +40,7 @@ def test_terms_add_up_and_match_the_parameter_count():
 
 def test_parallel_cpu_parts_hold_one_gradient_each():
     """MLX on a CPU splits micro-batches over streams (mlx_models/trainer.py), EchoStream's
-    too; on a GPU it does not."""
+    when asked; on a GPU it does not."""
     tiny = load_config(ROOT / "configs/tiny.yaml", ["train.cpu_streams=3"])
     n = 869_504
     assert plan(tiny, "mlx").term("gradients of parallel CPU parts") == 4 * n * 2
@@ -50,6 +50,8 @@ def test_parallel_cpu_parts_hold_one_gradient_each():
     echo = load_config(ROOT / "configs/echostream_demo.yaml", ["train.cpu_streams=2"])
     n_echo = count_params(get_family("echostream").manifest(echo.model))
     assert plan(echo, "mlx").term("gradients of parallel CPU parts") == 4 * n_echo
+    auto = load_config(ROOT / "configs/echostream_demo.yaml")   # splits only when asked
+    assert plan(auto, "mlx").term("gradients of parallel CPU parts") == 0
 
 
 def test_plan_bounds_the_peak_of_parallel_cpu_parts():
