@@ -62,9 +62,13 @@ def use_optimized_blas() -> str:
                       "(or set WORKBENCH_BLAS=/path/to/libopenblas.so)", stacklevel=3)
         return BLAS_IN_USE
     try:
-        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
     except OSError as e:
         warnings.warn(f"could not load {path} ({e}); MLX keeps the reference BLAS", stacklevel=3)
+        return BLAS_IN_USE
+    if not hasattr(lib, "cblas_sgemm"):
+        warnings.warn(f"{path} has no cblas_sgemm: not a BLAS; MLX keeps the reference BLAS",
+                      stacklevel=3)
         return BLAS_IN_USE
     BLAS_IN_USE = os.path.realpath(path)
     return BLAS_IN_USE

@@ -112,6 +112,9 @@ def write_directory(directory: str | Path, files: dict[str, bytes | dict[str, np
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; a checkpoint gets the usual mode
     try:
         for name, content in files.items():
             if isinstance(content, dict):

@@ -42,6 +42,8 @@ def check_files(files: list[str | Path]) -> None:
     for f in files:
         if not Path(f).is_file():
             raise DataError(f"data file {f} not found; fix data.train_files / data.val_files")
+        if Path(f).stat().st_size == 0:
+            raise DataError(f"data file {f} is empty; fix data.train_files / data.val_files")
 
 
 def read_paragraphs(files: list[str | Path]) -> list[str]:

@@ -89,6 +89,17 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, tiny_lm_spec):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp dirs left
 
 
+def test_a_checkpoint_directory_gets_the_usual_mode(tmp_path, tiny_lm_spec):
+    """Built in a temporary directory (mode 0700), it is renamed with the umask's mode."""
+    import os
+    umask = os.umask(0o022)
+    try:
+        mm.save_model(mm.build_model(tiny_lm_spec, seed=5), tmp_path / "ckpt")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "ckpt").stat().st_mode & 0o777 == 0o755
+
+
 def test_our_safetensors_files_read_back_with_the_safetensors_library(tmp_path):
     from shared.checkpoint import load_safetensors, save_safetensors
     rng = np.random.default_rng(0)
