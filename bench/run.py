@@ -596,27 +596,25 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (train_ax, gen_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    units = " or ".join(sorted({r["unit"] for r in report["runs"]}))
-    for ax, key, metric, title in [
-            (train_ax, "training", None, f"training ({units}/s)"),
-            (gen_ax, "inference", "value", "inference (LM: decode tokens/s; separation: x real time)")]:
-        labels = [f"{r['model']}\n{r['config']}" for r in report["runs"]]
-        backends = sorted({b for r in report["runs"] for b in r.get(key, {})})
-        width = 0.8 / max(len(backends), 1)
-        for i, b in enumerate(backends):
-            xs, med, err = [], [], [[], []]
-            for x, r in enumerate(report["runs"]):
-                s = r.get(key, {}).get(b, {}).get(metric or f"{r['unit']}_per_s")
+    # A row per model x config: families differ in units (tokens/s, audio s/s, ms/chunk)
+    # and in scale, so each panel gets its own axis.
+    runs = report["runs"]
+    fig, axes = plt.subplots(len(runs), 2, figsize=(10, 2.6 * len(runs)), squeeze=False)
+    for (train_ax, infer_ax), run in zip(axes, runs):
+        for ax, key, title in [(train_ax, "training", f"training: {run['unit']}/s"),
+                               (infer_ax, "inference", "inference")]:
+            names, med, err = [], [], [[], []]
+            for backend, result in run.get(key, {}).items():
+                s = result.get("value" if key == "inference" else f"{run['unit']}_per_s")
                 if s:
-                    xs.append(x + i * width)
+                    names.append(backend)
                     med.append(s["median"])
                     err[0].append(s["median"] - s["min"])
                     err[1].append(s["max"] - s["median"])
-            ax.bar(xs, med, width, yerr=err, capsize=3, label=b)
-        ax.set_xticks([x + width * (len(backends) - 1) / 2 for x in range(len(labels))], labels)
-        ax.set_title(title)
-        ax.legend()
+                    if key == "inference":
+                        title = f"inference: {result['metric']}"
+            ax.bar(names, med, 0.6, yerr=err, capsize=3, color=["C0", "C1"][:len(names)])
+            ax.set_title(f"{run['model']} ({run['config']}) {title}", fontsize=8)
     fig.suptitle(f"MLX vs torch on {report['environment']['cpu']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
