@@ -78,9 +78,10 @@ def main(backend: str, make_probe, argv=None) -> int:
             raise ConfigError("--budget-gb must be > 0 and --max-batch >= 1")
         config = load_config(args.config, args.overrides)
         budget = args.budget_gb * GB if args.budget_gb is not None else budget_bytes(get_profile(config.hardware.device))
+        probe = make_probe(config)   # says first if this backend cannot probe here
         print(f"probing {backend} micro-batches for {args.config or 'configs/tiny.yaml'}, budget "
               f"{budget / GB:.2f} GB (full steps: forward, backward, AdamW)", file=sys.stderr)
-        best, peaks = find_max_batch(make_probe(config), budget, args.max_batch,
+        best, peaks = find_max_batch(probe, budget, args.max_batch,
                                      log=lambda m: print(m, file=sys.stderr))
         if best == 0:
             raise ConfigError(f"even batch 1 needs {peaks.get(1, float('nan')) / GB:.2f} GB of "
