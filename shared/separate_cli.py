@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from shared.audio.files import read_audio_file
 from shared.checkpoint import CheckpointError
 from shared.cli import run_cli
 from shared.data.lm_text import DataError
@@ -27,17 +28,10 @@ from shared.separation import separate
 
 def read_input(path: Path, sample_rate: int, channels: int) -> np.ndarray:
     """(C, T) float32; mono is copied to every channel the model expects."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
+    audio, rate = read_audio_file(path)
     if rate != sample_rate:
         raise DataError(f"{path} is {rate} Hz but the model was trained at {sample_rate} Hz; "
                         f"resample it first, e.g. sox {path.name} -r {sample_rate} out.wav")
-    if len(audio) == 0:
-        raise DataError(f"{path} holds no samples")
     audio = audio.T
     if audio.shape[0] == 1 and channels > 1:
         audio = np.repeat(audio, channels, axis=0)

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from shared.audio.fbank import CMVN, FbankOptions, StreamingFbank
+from shared.audio.files import read_audio_file
 from shared.checkpoint import CheckpointError
 from shared.cli import run_cli
 from shared.data.lm_text import DataError, load_tokenizer
@@ -35,17 +35,10 @@ CHECKPOINT_FILES = ("src_tokenizer.model", "tgt_tokenizer.model", "cmvn.npz")
 
 def read_speech(path: Path, sample_rate: int) -> np.ndarray:
     """(samples,) float32 mono at the model's rate, or a DataError that says how to convert."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
+    audio, rate = read_audio_file(path)
     if rate != sample_rate:
         raise DataError(f"{path} is {rate} Hz; this model takes {sample_rate} Hz mono (its "
                         f"data.sample_rate): sox {path.name} -r {sample_rate} -c 1 out.wav")
-    if len(audio) == 0:
-        raise DataError(f"{path} holds no samples")
     if audio.shape[1] != 1:
         raise DataError(f"{path} has {audio.shape[1]} channels; EchoStream takes mono: "
                         f"sox {path.name} -c 1 out.wav")
