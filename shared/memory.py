@@ -106,11 +106,15 @@ def static_terms(n: int, train, backend: str, c: int) -> list[Term]:
     return terms
 
 
-def overhead_term(backend: str) -> Term:
-    """What the framework holds beyond our tensors: torch's CUDA context; MLX counts only
-    live arrays."""
-    return Term("framework overhead", 0.5 * GB if backend == "torch" else 0.0,
-                "CUDA context" if backend == "torch" else "only live arrays count")
+def overhead_term(backend: str, device_type: str) -> Term:
+    """What the framework holds beyond our tensors: torch's CUDA context on a GPU; MLX
+    counts only live arrays, and torch on a CPU has no context."""
+    if backend == "mlx":
+        return Term("framework overhead", 0.0, "only live arrays count")
+    if device_type == "cuda":
+        return Term("framework overhead", 0.5 * GB, "CUDA context and kernels (not in "
+                    "max_memory_allocated)")
+    return Term("framework overhead", 0.0, "none counted on the CPU")
 
 
 def _lm_shapes(spec: LMSpec, batch: int, seq: int):
@@ -209,9 +213,7 @@ def plan_lm_torch(spec: LMSpec, train, seq: int, attention: str = "flash",
         blocks,
         Term("activations: head and loss", s["BT"] * s["V"] * (c + 4 + 4) + 2 * s["BT"] * s["D"] * 4,
              "logits, their float32 upcast and gradient"),
-        Term("framework overhead", 0.5 * GB if device_type == "cuda" else 0.0,
-             "CUDA context and kernels (not in max_memory_allocated)" if device_type == "cuda"
-             else "none counted on the CPU"),
+        overhead_term("torch", device_type),
     ]
     return MemoryPlan("torch", terms, _lm_largest(spec, train.batch_size, seq, c, unfused),
                       calibrated=False)
@@ -240,7 +242,8 @@ def _tfloco_shapes(spec, batch: int, samples: int):
                 audio=batch * spec.audio_channels * spec.n_sources * samples)
 
 
-def plan_tflocoformer(spec, train, samples: int, backend: str, attention: str) -> MemoryPlan:
+def plan_tflocoformer(spec, train, samples: int, backend: str, attention: str,
+                      device_type: str = "cuda") -> MemoryPlan:
     """Peak memory of a TF-Locoformer step. Each block runs a frequency path (sequences of
     F bins, one per frame) and a time path (sequences of frames, one per bin); unfused
     attention keeps B x frames x H x F x F scores in the first and B x F x H x frames x
@@ -279,7 +282,7 @@ def plan_tflocoformer(spec, train, samples: int, backend: str, attention: str) -
         blocks,
         Term("activations: STFT loss and iSTFT", coef["audio"] * 4 * s["audio"],
              "multi-resolution STFTs of estimates and references, iSTFT"),
-        overhead_term(backend),
+        overhead_term(backend, device_type),
     ]
     # The single largest tensor: an attention score block, else the encoder output.
     candidates = [Allocation("encoder output", (s["B"], s["D"], s["Tf"], s["F"]), s["tokens"] * s["D"] * c)]
@@ -348,7 +351,7 @@ def bandsplit_activation_elements(spec, batch: int, samples: int, checkpointing:
     return {"parts": parts, "shapes": shapes}
 
 
-def plan_bandsplit(config, backend: str, attention: str) -> MemoryPlan:
+def plan_bandsplit(config, backend: str, attention: str, device_type: str = "cuda") -> MemoryPlan:
     from shared.specs.bandsplit import bandsplit_param_counts
 
     spec, train = config.model, config.train
@@ -371,7 +374,7 @@ def plan_bandsplit(config, backend: str, attention: str) -> MemoryPlan:
     for part, elements in act["parts"].items():
         terms.append(Term(f"activations: {part}",
                           act_bytes * sum(coef[kind] * v for kind, v in elements.items()), details[part]))
-    terms.append(overhead_term(backend))
+    terms.append(overhead_term(backend, device_type))
     B, T, K = sh["B"], sh["frames"], sh["bands"]
     candidates = [Allocation("band features", (B, T, K, spec.hidden), B * T * K * spec.hidden * act_bytes),
                   Allocation("mask MLP hidden (all bands)", (B, T, K, spec.mask_hidden),
@@ -445,7 +448,7 @@ def echostream_activation_elements(spec, batch: int, seconds: float, checkpointi
     return {"parts": parts, "shapes": shapes}
 
 
-def plan_echostream(config, backend: str) -> MemoryPlan:
+def plan_echostream(config, backend: str, device_type: str = "cuda") -> MemoryPlan:
     """Peak memory of an EchoStream step: batches of the longest utterances the config
     allows (data.max_duration, data.max_tokens), typical text lengths for them."""
     from shared.specs.echostream import echostream_param_counts
@@ -472,7 +475,7 @@ def plan_echostream(config, backend: str) -> MemoryPlan:
                   "unit decoder": f"{sh['unit_frames']} unit frames x {spec.unit_vocab_size} ids"}[part]
         terms.append(Term(f"activations: {part}", act_bytes * sum(coef[kind] * v for kind, v in elements.items()),
                           detail))
-    terms.append(overhead_term(backend))
+    terms.append(overhead_term(backend, device_type))
     B, T4, U = sh["B"], sh["encoder_frames"], sh["unit_frames"]
     largest = max([
         Allocation("ASR CTC logits", (B, T4, spec.src_vocab_size), B * T4 * spec.src_vocab_size * 4),
@@ -489,10 +492,6 @@ def plan(config, backend: str, attention: str | None = None) -> MemoryPlan:
         raise ValueError(f"unknown backend {backend!r}; expected mlx or torch")
     device_type = "cpu" if config.hardware.device == "cpu" else "cuda"
     result = _family_plan(config, backend, attention, device_type)
-    if device_type == "cpu":  # no CUDA context (and MLX counts only live arrays anyway)
-        result = dataclasses.replace(result, terms=[
-            Term(t.name, 0.0, "none counted on the CPU") if t.name == "framework overhead" else t
-            for t in result.terms])
     parts = cpu_parts(config.train, config.family) if (backend, device_type) == ("mlx", "cpu") else 1
     if parts > 1:
         extra = Term("gradients of parallel CPU parts", parts_gradient_bytes(config, parts),
@@ -519,12 +518,13 @@ def _family_plan(config, backend: str, attention: str | None, device_type: str) 
                              attention or default, device_type)
     if config.family == "tflocoformer":
         return plan_tflocoformer(config.model, config.train, config.data.segment_samples, backend,
-                                 attention or default)
+                                 attention or default, device_type)
     if config.family == "bandsplit":
         # MLX trains attention unfused (plan_tflocoformer decides that itself).
-        return plan_bandsplit(config, backend, attention or ("math" if backend == "mlx" else default))
+        return plan_bandsplit(config, backend, attention or ("math" if backend == "mlx" else default),
+                              device_type)
     if config.family == "echostream":
-        return plan_echostream(config, backend)
+        return plan_echostream(config, backend, device_type)
     raise ValueError(f"the memory planner does not cover family {config.family!r} yet")
 
 
