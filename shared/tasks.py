@@ -5,6 +5,7 @@ batches, its evaluation, and the files its checkpoints carry.
     Task.evaluate(trainer)                   {"val_loss", ...}: the loop keeps the best
     Task.unit, Task.units_per_sample         "tokens" or "audio_s", for throughput
     Task.checkpoint_files()                  {name: bytes} saved beside the weights
+    Task.file_settings                       {name: config key} for those a setting can name
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ class SeparationTask:
     data.root is empty). Evaluation: loss on fixed validation segments, then uSDR and
     cSDR per stem on whole validation tracks, separated chunk by chunk."""
     unit = "audio_s"
+    file_settings: dict[str, str] = {}
 
     def __init__(self, config, out_dir: Path, rank: int = 0, world_size: int = 1):
         from shared.data.musdb import STEMS, MusdbDataset, RemixSampler

@@ -56,14 +56,12 @@ def _saved_config(ckpt: Path) -> dict:
     return raw
 
 
-def run_directory(args, backend: str) -> Path:
+def run_directory(args, backend: str, ckpt: Path | None) -> Path:
     """Where the run writes. Resuming writes into the checkpoint's own run. A fresh run, or a
     resumed one sent to another --out, needs a directory that holds no earlier run: its
-    checkpoints would be pruned or replaced as "best", and its metrics appended to."""
-    from shared.train_loop import find_checkpoint
-
-    if args.resume:
-        ckpt = find_checkpoint(args.resume)
+    checkpoints would be pruned or replaced as "best", and its metrics appended to. `ckpt`:
+    the checkpoint resumed from (None for a fresh run)."""
+    if ckpt is not None:
         home = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
         if args.out is None:
             if home is None:
@@ -89,13 +87,14 @@ def run_directory(args, backend: str) -> Path:
 def train(args, backend: str, trainer_cls) -> None:
     from shared.train_loop import Run, find_checkpoint
 
-    if args.resume and not args.config:
-        config = config_from_dict(_saved_config(find_checkpoint(args.resume)), args.overrides)
+    ckpt = find_checkpoint(args.resume) if args.resume else None
+    if ckpt is not None and not args.config:
+        config = config_from_dict(_saved_config(ckpt), args.overrides)
     else:
         config = load_config(args.config, args.overrides)
-    out = run_directory(args, backend)
+    out = run_directory(args, backend, ckpt)
     start = time.perf_counter()
-    run = Run(config, trainer_cls, out, resume=args.resume, progress=not args.no_progress)
+    run = Run(config, trainer_cls, out, resume=ckpt, progress=not args.no_progress)
     state = run.train()
     _, peak = run.memory_gb()
     predicted = f" (planner predicted {run.predicted_peak / 1e9:.2f} GB)" if run.predicted_peak else ""

@@ -174,7 +174,7 @@ class Run:
     def _check_data_files(self, ckpt: Path) -> None:
         """The resumed model must see the tokens it was trained on: a run whose data now
         train a different tokenizer (new text files, say) would scramble its embeddings."""
-        settings = getattr(self.task, "file_settings", {})
+        settings = self.task.file_settings
         for name, content in self.task.checkpoint_files().items():
             saved = ckpt / name
             if saved.is_file() and not same_data_file(name, saved.read_bytes(), content):
