@@ -27,7 +27,7 @@ import numpy as np
 def measure(row: dict) -> dict:
     import mlx.core as mx
     from mlx_models.trainer import Trainer
-    from shared.config import TrainConfig
+    from shared.engine.config import TrainConfig
     from shared.specs.lm import LMSpec, lm_init_weights
 
     spec = LMSpec(vocab_size=row["V"], hidden_size=row["D"], num_layers=row["L"],
@@ -70,7 +70,7 @@ def design(n: int, seed: int) -> list[dict]:
 
 
 def _spec_train(r):
-    from shared.config import TrainConfig
+    from shared.engine.config import TrainConfig
     from shared.specs.lm import LMSpec
     spec = LMSpec(vocab_size=r["V"], hidden_size=r["D"], num_layers=r["L"], num_heads=r["H"],
                   num_kv_heads=r["KV"], intermediate_size=r["I"], max_seq_length=r["T"],
@@ -81,7 +81,7 @@ def _spec_train(r):
 
 
 def predict(r, coefficients) -> float:
-    from shared.memory import plan_lm_mlx
+    from shared.planner.core import plan_lm_mlx
     spec, train = _spec_train(r)
     return plan_lm_mlx(spec, train, r["T"], coefficients).peak_bytes
 
@@ -93,7 +93,7 @@ def fit_mlx_coefficients(rows: list[dict]) -> dict:
     not fitted. Prints the coefficients to paste into shared/memory.py."""
     from scipy.optimize import nnls
 
-    from shared.memory import MLX_LM_COEFFICIENTS
+    from shared.planner.core import MLX_LM_COEFFICIENTS
 
     names = ["hidden", "kv", "mlp", "scores", "logits", "embed"]
     zero = {"fp32": dict.fromkeys(names, 0.0), "bf16": dict.fromkeys(names, 0.0),
@@ -151,7 +151,7 @@ BASES = [  # (B, T, D, H, KV, I, V): varied shapes, none equal to an accuracy ro
 def controlled(precision: str) -> dict:
     from scipy.optimize import nnls
 
-    from shared.memory import MLX_LM_COEFFICIENTS
+    from shared.planner.core import MLX_LM_COEFFICIENTS
 
     names = ["hidden", "kv", "mlp", "scores"]
     zero = {p: dict.fromkeys(MLX_LM_COEFFICIENTS[p], 0.0) for p in MLX_LM_COEFFICIENTS}
@@ -194,35 +194,7 @@ def controlled(precision: str) -> dict:
 
 
 # ------------------------------------------------------------------------- other families
-# Overrides of a base config per family: batch, lengths, widths, depth, checkpointing.
-FAMILY_DESIGNS = {
-    "echostream": ("configs/m2_8gb.yaml", [
-        {}, {"train.batch_size": 1}, {"train.batch_size": 4}, {"data.max_duration": 5.0},
-        {"data.max_duration": 20.0, "data.max_tokens": 5000, "train.batch_size": 1},
-        {"model.encoder_layers": 8}, {"model.src_vocab_size": 12000}, {"model.tgt_vocab_size": 4000},
-        {"model.n_units": 3000}, {"model.unit_upsample": 20}, {"model.encoder_ffn_dim": 2048},
-        {"model.embed_dim": 256, "model.encoder_heads": 4}, {"model.segment_length": 64},
-        {"train.gradient_checkpointing": True},
-        {"train.gradient_checkpointing": True, "model.encoder_layers": 8},
-        {"model.subsample_channels": 384}, {"train.precision": "bf16", "data.max_duration": 5.0},
-        {"model.embed_dim": 96, "model.encoder_layers": 2, "model.encoder_ffn_dim": 256,  # the demo's shape
-         "model.subsample_channels": 192, "model.src_vocab_size": 40, "model.tgt_vocab_size": 40,
-         "model.n_units": 100, "model.mt_embed_dim": 64, "model.mt_layers": 1, "model.mt_ffn_dim": 128,
-         "model.unit_embed_dim": 64, "model.unit_layers": 1, "model.unit_ffn_dim": 128,
-         "model.unit_upsample": 8, "train.batch_size": 4},
-    ]),
-    "bandsplit": ("configs/bandsplit_demo.yaml", [
-        {}, {"train.batch_size": 1}, {"train.batch_size": 8}, {"data.segment_seconds": 2.0},
-        {"model.hidden": 64}, {"model.n_layers": 4}, {"model.chunk_size": 32}, {"model.d_state": 32},
-        {"model.expand": 4}, {"model.mask_mlp_hidden": 256}, {"train.gradient_checkpointing": True},
-        {"train.gradient_checkpointing": True, "model.n_layers": 4},
-        {"model.sequence_layer": "transformer"},
-        {"model.sequence_layer": "transformer", "data.segment_seconds": 2.0},
-        {"model.sequence_layer": "transformer", "model.ffn_mult": 4, "model.hidden": 64},
-        {"model.sequence_layer": "transformer", "train.gradient_checkpointing": True},
-        {"train.precision": "bf16"},
-    ]),
-}
+# The designs (base config, overrides) are the families' own: MemoryModel.calibration_design.
 
 
 def calibrate_family(family: str) -> dict:
@@ -235,13 +207,14 @@ def calibrate_family(family: str) -> dict:
     from scipy.optimize import nnls
 
     from mlx_models.trainer import Trainer
-    from shared import memory
-    from shared.config import load_config
-    from shared.synthetic import longest_utterance_seconds, random_batch
+    from shared.planner import core as memory
+    from shared.engine.config import load_config
+    from shared.registry import get_family
+    from shared.tasks import random_batch
 
-    base, design = FAMILY_DESIGNS[family]
-    coefficients = {"echostream": memory.ECHO_COEFFICIENTS, "bandsplit": memory.BANDSPLIT_COEFFICIENTS}[family]
-    kinds = list(coefficients["mlx"])
+    model = get_family(family).memory
+    base, design = model.calibration_design
+    kinds = list(model.coefficients["mlx"])
     X, y = [], []
     for overrides in design:
         config = memory.with_overrides(load_config(base), {"train.gradient_accumulation_steps": 1} | overrides)
@@ -256,14 +229,7 @@ def calibrate_family(family: str) -> dict:
         gc.collect()
         p = memory.plan(config, "mlx")
         static = sum(t.bytes for t in p.terms if not t.name.startswith("activations"))
-        tc = config.train
-        if family == "echostream":
-            act = memory.echostream_activation_elements(
-                config.model, tc.batch_size, longest_utterance_seconds(config, tc.batch_size),
-                tc.gradient_checkpointing)
-        else:
-            act = memory.bandsplit_activation_elements(config.model, tc.batch_size,
-                                                       config.data.segment_samples, tc.gradient_checkpointing)
+        act = model.activation_elements(config)
         totals = {k: sum(part.get(k, 0) for part in act["parts"].values()) for k in kinds}
         X.append([4 * totals[k] for k in kinds])
         y.append(peak - static)
@@ -278,10 +244,16 @@ def calibrate_family(family: str) -> dict:
     return fitted
 
 
+def calibrated_families() -> list[str]:
+    from shared.registry import families
+
+    return [name for name, f in families().items() if f.memory.calibration_design]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--controlled", choices=["fp32", "bf16"], help="the controlled calibration")
-    p.add_argument("--family", choices=list(FAMILY_DESIGNS),
+    p.add_argument("--family", choices=calibrated_families(),
                    help="measure and fit this family's coefficients")
     p.add_argument("--out", help="measure the design and append rows to this JSONL file")
     p.add_argument("--fit", help="fit coefficients from this JSONL file")

@@ -65,16 +65,16 @@ SCALED = {
 
 
 def scaled_config(name: str):
-    from shared.config import load_config
-    from shared.memory import with_overrides
+    from shared.engine.config import load_config
+    from shared.planner.core import with_overrides
 
     path, overrides = SCALED[name]
     config = load_config(path)
     # One stream, as MLX trains on a GPU. With parallel CPU parts the peak depends on how
     # the parts' threads interleave (tests/test_memory.py bounds it separately).
     overrides = {"train.cpu_streams": 1, **overrides}
-    if config.family == "lm":
-        model_max = max(config.model.max_seq_length, overrides.get("train.seq_length", 0))
+    if "train.seq_length" in overrides:     # the model must hold the sequences it trains on
+        model_max = max(config.model.max_seq_length, overrides["train.seq_length"])
         overrides = {"model.max_seq_length": model_max, **overrides}
     return with_overrides(config, overrides)
 
@@ -87,7 +87,7 @@ def measure_peak(config) -> int:
     import numpy as np
 
     from mlx_models.trainer import Trainer
-    from shared.synthetic import random_batch
+    from shared.tasks import random_batch
 
     trainer = Trainer(config.model, config.train)
     batch = random_batch(config, config.train.batch_size, np.random.default_rng(0))
@@ -103,7 +103,7 @@ def measure_peak(config) -> int:
 
 
 def rows() -> list[dict]:
-    from shared.memory import plan
+    from shared.planner.core import plan
 
     out = []
     for name in SCALED:

@@ -30,65 +30,33 @@ import statistics
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from shared.cli import run_cli
-from shared.config import ConfigError, RunConfig, load_config
-from shared.hardware import PROFILES, get_profile
-from shared.sampling import sample_next
-from shared.specs import get_family
-from shared.specs.base import SpecError
-from shared.specs.lm import lm_train_flops_per_token
-from shared.synthetic import audio_seconds_per_sample, random_batch
+from shared.engine.config import RunConfig, load_config
+from shared.engine.sampling import sample_next
+from shared.errors import ConfigError, SpecError
+from shared.planner.hardware import PROFILES, get_profile
+from shared.registry import families, get_family
+from shared.tasks import random_batch
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------------------- families
-@dataclass(frozen=True)
-class BenchFamily:
-    """What the bench needs to know about a model family beyond its spec."""
-    name: str
-    default_configs: list[str]
-    unit: str                                              # what throughput counts
-    step_batches: Callable[[RunConfig, np.random.Generator], list]
-    units_per_step: Callable[[RunConfig], float]
-    flops_per_unit: Callable[[RunConfig], float] | None    # training FLOPs per unit
-    inference: str | None = None     # a key of INFERENCE: how the trained model is used
-
-
-def _step_batches(config: RunConfig, rng) -> list:
-    """One optimizer step's micro-batches of random data (shared/synthetic.py)."""
+# What the bench needs of a family is in its registration (shared/registry.py): its unit,
+# units per example, FLOPs per unit (None: no MFU), inference kind and default configs.
+def step_batches(config: RunConfig, rng) -> list:
+    """One optimizer step's micro-batches of random data (the family's random_batch)."""
     return [random_batch(config, config.train.batch_size, rng)
             for _ in range(config.train.gradient_accumulation_steps)]
 
 
-def _audio_seconds_per_step(config: RunConfig) -> float:
+def units_per_step(config: RunConfig) -> float:
     tc = config.train
-    return tc.batch_size * tc.gradient_accumulation_steps * audio_seconds_per_sample(config)
-
-
-FAMILIES: dict[str, BenchFamily] = {
-    "lm": BenchFamily(
-        "lm", ["configs/tiny.yaml"], "tokens", _step_batches,
-        units_per_step=lambda c: c.train.batch_size * c.train.gradient_accumulation_steps * c.seq_length,
-        flops_per_unit=lambda c: lm_train_flops_per_token(c.model, c.seq_length),
-        inference="generation"),
-    # Separators count audio seconds; their FLOPs are not modelled (no MFU).
-    "tflocoformer": BenchFamily(
-        "tflocoformer", ["configs/musdb18_demo.yaml"], "audio_s", _step_batches,
-        units_per_step=_audio_seconds_per_step, flops_per_unit=None, inference="separation"),
-    "bandsplit": BenchFamily(
-        "bandsplit", ["configs/bandsplit_demo.yaml"], "audio_s", _step_batches,
-        units_per_step=_audio_seconds_per_step, flops_per_unit=None, inference="separation"),
-    "echostream": BenchFamily(
-        "echostream", ["configs/echostream_demo.yaml"], "audio_s", _step_batches,
-        units_per_step=_audio_seconds_per_step, flops_per_unit=None, inference="streaming"),
-}
+    return tc.batch_size * tc.gradient_accumulation_steps * get_family(config.family).units_per_example(config)
 
 
 # ---------------------------------------------------------------------------- backends
@@ -160,7 +128,7 @@ class Backend:
                    repeats: int) -> dict:
         """Separate `mixture` (C, T) chunk by chunk with overlap-add, as the separate CLI
         does; seconds of audio per second. The first of repeats + 1 runs is the warm-up."""
-        from shared.separation import separate
+        from shared.audio.chunked import separate
         run_chunks = self.chunk_runner(self.models.build_model(spec, seed))
         speed = []
         for rep in range(repeats + 1):
@@ -179,7 +147,7 @@ class Backend:
         Emformer step, the CTC heads) for utterances of each length: the encoder's cost
         per chunk must not grow with the utterance. First of repeats + 1 runs: warm-up."""
         from shared.audio.fbank import CMVN
-        from shared.stream_cli import stream
+        from shared.cli.stream import stream
         model = self.models.build_model(spec, seed)
         identity = CMVN(np.zeros(spec.n_mels), np.ones(spec.n_mels))
         rng = np.random.default_rng(seed)
@@ -408,9 +376,10 @@ def spread(values: list[float]) -> dict:
             "values": values}
 
 
-def bench_training(config: RunConfig, family: BenchFamily, workers: dict, args) -> dict:
+def bench_training(config: RunConfig, workers: dict, args) -> dict:
+    family = get_family(config.family)
     rng = np.random.default_rng(args.seed)
-    steps = [family.step_batches(config, rng) for _ in range(args.warmup + args.steps)]
+    steps = [step_batches(config, rng) for _ in range(args.warmup + args.steps)]
     warmup, timed, lr = steps[:args.warmup], steps[args.warmup:], config.train.learning_rate
     devices = {name: w.call("start", config, warmup, lr) for name, w in workers.items()}
     parts = {name: w.call("parallel_parts") for name, w in workers.items()}
@@ -421,7 +390,7 @@ def bench_training(config: RunConfig, family: BenchFamily, workers: dict, args) 
     for w in workers.values():
         w.call("finish")
 
-    units = family.units_per_step(config)
+    units = units_per_step(config)
     flops = family.flops_per_unit(config) if family.flops_per_unit else None
     results = {}
     for name, measured in blocks.items():
@@ -449,11 +418,10 @@ def bench_training(config: RunConfig, family: BenchFamily, workers: dict, args) 
     return results
 
 
-def bench_inference(config: RunConfig, family: BenchFamily, workers: dict, args) -> dict:
+def bench_inference(config: RunConfig, workers: dict, args) -> dict:
     """How fast the family's model is used: {backend: {"metric", "value", ...}}."""
-    if family.inference is None:
-        return {}
-    return INFERENCE[family.inference](config, workers, args)
+    kind = get_family(config.family).inference
+    return INFERENCE[kind](config, workers, args) if kind in INFERENCE else {}
 
 
 def bench_generation(config: RunConfig, workers: dict, args) -> dict:
@@ -628,7 +596,8 @@ def parse_args(argv=None):
         epilog="Overrides (section.key=value) apply to every config, e.g. train.batch_size=8.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     csv = lambda s: [x for x in s.split(",") if x]  # noqa: E731
-    p.add_argument("--models", type=csv, default=list(FAMILIES), help="comma-separated (default: all)")
+    p.add_argument("--models", type=csv, help="comma-separated families (default: every family "
+                                               "with bench configs)")
     p.add_argument("--backends", type=csv, default=list(BACKENDS), help="mlx,torch (default: both)")
     p.add_argument("--configs", type=csv, help="comma-separated YAML configs "
                                                "(default: each model's own, e.g. configs/tiny.yaml)")
@@ -653,15 +622,14 @@ def parse_args(argv=None):
     p.add_argument("--plot", type=Path, help="write a PNG chart here (needs matplotlib)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = p.parse_intermixed_args(argv)
-    for name, known in [("models", FAMILIES), ("backends", BACKENDS)]:
-        bad = [x for x in getattr(args, name) if x not in known]
-        if bad:
-            p.error(f"unknown {name}: {', '.join(bad)}; known: {', '.join(known)}")
+    bad = [x for x in args.backends if x not in BACKENDS]
+    if bad:
+        p.error(f"unknown backends: {', '.join(bad)}; known: {', '.join(BACKENDS)}")
     if min(args.steps, args.repeats, 1 if args.threads is None else args.threads) < 1 or args.warmup < 0:
         p.error("--steps, --repeats and --threads must be >= 1, --warmup >= 0")
     if args.hardware and args.hardware not in PROFILES:
         p.error(f"unknown --hardware {args.hardware!r}; known: {', '.join(PROFILES)}")
-    if not args.models or not args.backends:
+    if args.models == [] or not args.backends:
         p.error("--models and --backends need at least one name each")
     if (args.gen_tokens < 0 or args.prompt_tokens < 1 or args.audio_seconds < 0 or args.chunk_ms < 10
             or any(s <= 0 for s in args.stream_seconds)):
@@ -676,14 +644,25 @@ def parse_args(argv=None):
 
 
 def plan(args) -> list[tuple[str, RunConfig]]:
-    """(config path, config) pairs; each config's family must be one of --models."""
-    paths = args.configs or [str(REPO / c) for m in args.models for c in FAMILIES[m].default_configs]
+    """(config path, config) pairs: --configs (each of a family in --models, if given), or
+    the bench configs of --models (default: of every family that has them)."""
+    known = families()
+    models = args.models or ([] if args.configs else [n for n, f in known.items() if f.bench_configs])
+    if not args.configs:
+        bad = [m for m in models if m not in known]
+        if bad:
+            raise ConfigError(f"unknown models: {', '.join(bad)}; known: {', '.join(known)} (a family "
+                              f"of your own: pass its config with --configs)")
+        missing = [m for m in models if not known[m].bench_configs]
+        if missing:
+            raise ConfigError(f"{', '.join(missing)} name no bench configs; pass --configs")
+    paths = args.configs or [str(REPO / c) for m in models for c in known[m].bench_configs]
     runs = []
     # --threads N: N cores per backend, which for MLX on a CPU means N parallel parts.
     overrides = args.overrides + ([f"train.cpu_streams={args.threads}"] if args.threads else [])
     for path in paths:
         config = load_config(path, overrides)
-        if config.family not in args.models:
+        if args.models and config.family not in args.models:
             raise ConfigError(f"{path} is a {config.family!r} config; add it to --models")
         runs.append((os.path.relpath(path) if os.path.isabs(path) else path, config))
     return runs
@@ -696,16 +675,16 @@ def bench(args) -> None:
         report = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                   "environment": environment(workers), "runs": []}
         for path, config in configs:
-            family = FAMILIES[config.family]
+            family = get_family(config.family)
             print(f"bench: {config.family} {path} on {', '.join(workers)} ...", file=sys.stderr, flush=True)
             run = {"model": config.family, "config": path, "precision": config.train.precision,
                    "compile": config.train.compile, "unit": family.unit,
-                   "units_per_step": family.units_per_step(config),
+                   "units_per_step": units_per_step(config),
                    "flops_per_unit": family.flops_per_unit(config) if family.flops_per_unit else None,
                    "model_spec": config.to_dict()["model"], "train": config.to_dict()["train"],
-                   "params": get_family(config.family).param_counts(config.model),
-                   "training": bench_training(config, family, workers, args),
-                   "inference": bench_inference(config, family, workers, args)}
+                   "params": family.param_counts(config.model),
+                   "training": bench_training(config, workers, args),
+                   "inference": bench_inference(config, workers, args)}
             run["ratios"] = ratios(run)
             report["runs"].append(run)
     finally:

@@ -6,9 +6,9 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_models.trainer import Trainer, cpu_streams
-from shared.batch_finder import OutOfMemory, main
-from shared.memory import parts_gradient_bytes, with_overrides
-from shared.synthetic import random_batch
+from shared.planner.batch_finder import OutOfMemory, main
+from shared.planner.core import parts_gradient_bytes, with_overrides
+from shared.tasks import random_batch
 
 
 def make_probe(config):

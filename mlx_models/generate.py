@@ -5,7 +5,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_models.models import load_model
-from shared.generate_cli import main
+from shared.cli.generate import main
 
 
 def decoder(model):
@@ -21,7 +21,7 @@ def decoder(model):
 
 
 def load(checkpoint):
-    model, config = load_model(checkpoint, expect=("lm",), what="an LM")
+    model, config = load_model(checkpoint, expect="generation", what="an LM")
     model.eval()
     return decoder(model), model.spec
 

@@ -1,32 +1,26 @@
-"""Family name -> MLX model class; build, save and load models through checkpoints."""
+"""Build, save and load mlx models through checkpoints (shared/engine/model_io.py); each
+family's mlx model class is named in its registration (shared/registry.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from mlx_models import bandsplit, echostream, lm, tflocoformer
 from mlx_models.weights import get_weights, set_weights
-from shared import model_io
+from shared.engine import model_io
 
-MODEL_CLASSES = {"lm": lm.LanguageModel, "tflocoformer": tflocoformer.TFLocoformer,
-                 "bandsplit": bandsplit.BandSplitSeparator, "echostream": echostream.EchoStream}
-LOSSES = {"lm": lm.loss, "tflocoformer": tflocoformer.loss, "bandsplit": bandsplit.loss,
-          "echostream": echostream.loss}
-# Families whose loss is a weighted sum report each term: name -> loss_terms(model, batch)
-# returning {"loss": total, term: value, ...}.
-LOSS_TERMS = {"echostream": echostream.loss_terms}
+BACKEND = "mlx"
 
 
 def build_model(spec, seed: int = 0, weights=None):
     """A model with `weights`, or else the spec's own initial weights (identical on both
     backends)."""
-    return model_io.build_model(spec, MODEL_CLASSES, set_weights, seed, weights)
+    return model_io.build_model(spec, BACKEND, set_weights, seed, weights)
 
 
 def save_model(model, directory: str | Path, extra_config: dict | None = None) -> Path:
     return model_io.save_model(model, directory, get_weights, extra_config)
 
 
-def load_model(directory: str | Path, expect: tuple[str, ...] = (), what: str = ""):
+def load_model(directory: str | Path, expect: str | None = None, what: str = ""):
     """Rebuild the model a checkpoint was saved from; returns (model, config). `expect`:
-    the families the caller can use (shared/model_io.py)."""
-    return model_io.load_model(directory, MODEL_CLASSES, set_weights, expect, what)
+    the inference the caller needs (shared/engine/model_io.py)."""
+    return model_io.load_model(directory, BACKEND, set_weights, expect, what)

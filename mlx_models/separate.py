@@ -5,11 +5,11 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_models.models import load_model
-from shared.separate_cli import SEPARATORS, main
+from shared.cli.separate import main
 
 
 def load(checkpoint):
-    model, config = load_model(checkpoint, expect=SEPARATORS, what="a separator")
+    model, config = load_model(checkpoint, expect="separation", what="a separator")
     return chunk_runner(model), config
 
 

@@ -6,7 +6,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_models.models import load_model
-from shared.stream_cli import main
+from shared.cli.stream import main
 
 
 class StreamSession:
@@ -59,7 +59,7 @@ class StreamSession:
 
 
 def load(checkpoint):
-    model, config = load_model(checkpoint, expect=("echostream",), what="EchoStream")
+    model, config = load_model(checkpoint, expect="streaming", what="EchoStream")
     model.eval()
     return (lambda: StreamSession(model)), config
 

@@ -2,7 +2,7 @@
 import sys
 
 from mlx_models.trainer import Trainer
-from shared.train_cli import main
+from shared.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main("mlx", Trainer))

@@ -14,11 +14,12 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from mlx_models.blas import set_blas_threads
-from mlx_models.models import LOSS_TERMS, LOSSES, build_model
+from mlx_models.models import BACKEND, build_model
 from mlx_models.weights import get_weights, set_weights, to_numpy
-from shared.config import ConfigError, available_cores, cpu_parts
-from shared.layout import from_backend, to_backend
-from shared.specs import family_of, get_family
+from shared.engine.config import available_cores, cpu_parts
+from shared.engine.layout import from_backend, to_backend
+from shared.errors import ConfigError
+from shared.registry import family_of, get_family
 
 
 def make_optimizer(train) -> optim.Optimizer:
@@ -65,7 +66,8 @@ class Trainer:
         self.model = build_model(spec, train.seed, weights)
         self.model.checkpoint_activations = train.gradient_checkpointing
         self.model.train()
-        self._family, self._loss_fn = family.name, LOSSES[family.name]
+        losses = family.backend(BACKEND)
+        self._loss_fn, self._loss_terms_fn = losses.loss, losses.loss_terms
         self._batch_parts = family.batch_parts
         self.optimizer = make_optimizer(train)
         mx.random.seed(train.seed)
@@ -194,7 +196,7 @@ class Trainer:
 
     def eval_terms(self, batch) -> dict[str, float]:
         """Every term of the loss on `batch` (eval mode); {"loss": ...} for single-term losses."""
-        terms_fn = LOSS_TERMS.get(self._family)
+        terms_fn = self._loss_terms_fn
         if terms_fn is None:
             return {"loss": self.eval_loss(batch)}
         was_training = self.model.training

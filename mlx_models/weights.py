@@ -6,8 +6,8 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from shared.checkpoint import check_weights
-from shared.layout import from_backend, to_backend
+from shared.engine.checkpoint import check_weights
+from shared.engine.layout import from_backend, to_backend
 from shared.specs.base import ParamSpec
 
 

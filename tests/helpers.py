@@ -10,8 +10,8 @@ from mlx.utils import tree_flatten
 import mlx_models.models as mlx_models_io
 import torch_models.models as torch_models_io
 from mlx_models.trainer import Trainer as MLXTrainer
-from shared.checkpoint import load_checkpoint
-from shared.layout import backend_shape
+from shared.engine.checkpoint import load_checkpoint
+from shared.engine.layout import backend_shape
 from torch_models.trainer import Trainer as TorchTrainer
 
 # Trainer classes by backend; torch pinned to the CPU so tests match on any machine.

@@ -38,7 +38,7 @@ def test_bench_writes_table_json_and_plot_for_both_backends(tmp_path):
         assert g["new_tokens"] == 4 and g["decode_tokens_per_s"]["median"] > 0
         assert g["metric"] == "decode tokens/s" and g["value"] == g["decode_tokens_per_s"]
     assert run["training"]["mlx"]["peak_memory_bytes"]["median"] > 0
-    from shared.config import available_cores
+    from shared.engine.config import available_cores
     assert run["training"]["mlx"]["parallel_parts"] == min(available_cores(), 4)
     assert run["training"]["torch"]["parallel_parts"] == 1
     assert run["training"]["torch"]["peak_memory_bytes"] is None   # torch on CPU: no stats

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from mlx_models.trainer import Trainer as MLXTrainer
-from shared.config import ConfigError, TrainConfig, config_from_dict
-from shared.specs import get_family
+from shared.engine.config import TrainConfig, config_from_dict
+from shared.errors import ConfigError
+from shared.registry import get_family
 from shared.specs.lm import LMSpec
 from shared.specs.bandsplit import BandSplitSpec
 from tests.helpers import TRAINERS, rel_err, stems_batch

@@ -4,10 +4,10 @@ import math
 import numpy as np
 import pytest
 
-from shared.config import DataConfig
+from shared.data.lm_text import DataConfig
 from shared.data.lm_text import (DataError, LMDataset, WindowSampler, builtin_corpus_files,
                                  eval_batches, read_paragraphs)
-from shared.schedule import lr_at
+from shared.engine.schedule import lr_at
 
 
 def test_builtin_corpus_is_real_korean_text():

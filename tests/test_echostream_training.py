@@ -5,9 +5,9 @@ exactly the losses of an uninterrupted one -- seed 000's missing resume."""
 
 import pytest
 
-from shared.config import load_config
-from shared.memory import with_overrides
-from shared.train_loop import Run
+from shared.engine.config import load_config
+from shared.planner.core import with_overrides
+from shared.engine.train_loop import Run
 from tests.helpers import TRAINERS, metric_rows
 
 

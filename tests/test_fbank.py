@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from shared.audio import CMVN, FbankOptions, SpecAugment, StreamingFbank, fbank, num_frames
-from shared.data.lm_text import DataError
+from shared.errors import DataError
 
 SR = 16000
 

@@ -11,8 +11,8 @@ import mlx_models.generate as mgen
 import mlx_models.models as mm
 import torch_models.generate as tgen
 import torch_models.models as tm
-from shared.generate_cli import generate, resolve_checkpoint
-from shared.sampling import sample_next
+from shared.cli.generate import generate, resolve_checkpoint
+from shared.engine.sampling import sample_next
 
 
 def test_greedy_is_argmax():
@@ -52,7 +52,7 @@ class CharTokenizer:
     ("--max-tokens", "-1", "--max-tokens must be >= 0"),
 ])
 def test_bad_generation_options_are_one_line(capsys, option, value, message):
-    from shared.generate_cli import main
+    from shared.cli.generate import main
     assert main("mlx", None, ["--checkpoint", "nowhere", option, value]) == 2
     assert message in capsys.readouterr().err
 
@@ -107,7 +107,7 @@ def test_cached_generation_equals_full_recompute(tmp_path, tiny_lm_spec, backend
 
 
 def test_resolve_checkpoint(tmp_path, tiny_lm_spec):
-    from shared.checkpoint import CheckpointError
+    from shared.errors import CheckpointError
     mm.save_model(mm.build_model(tiny_lm_spec), tmp_path / "run" / "checkpoints" / "step_00000010")
     assert resolve_checkpoint(tmp_path / "run").name == "step_00000010"
     mm.save_model(mm.build_model(tiny_lm_spec), tmp_path / "run" / "checkpoints" / "best")

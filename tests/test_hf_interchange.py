@@ -24,11 +24,11 @@ transformers = pytest.importorskip("transformers")   # dev dependency
 import mlx_models.models as mm  # noqa: E402
 import torch_models.models as tm  # noqa: E402
 from mlx_models.weights import get_weights, set_weights  # noqa: E402
-from shared.checkpoint import (CheckpointError, checkpoint_config, load_checkpoint,  # noqa: E402
+from shared.engine.checkpoint import (CheckpointError, checkpoint_config, load_checkpoint,  # noqa: E402
                                load_safetensors, save_checkpoint, save_safetensors)
-from shared.export_hf import main as export_main  # noqa: E402
-from shared.hf_llama import hf_config_to_spec, spec_to_hf_config  # noqa: E402
-from shared.import_hf import import_hf, main as import_main  # noqa: E402
+from shared.interop.export_hf import main as export_main  # noqa: E402
+from shared.interop.hf_llama import hf_config_to_spec, spec_to_hf_config  # noqa: E402
+from shared.interop.import_hf import import_hf, main as import_main  # noqa: E402
 from shared.specs.lm import lm_manifest  # noqa: E402
 from tests.helpers import rel_err
 
@@ -299,7 +299,7 @@ def test_export_errors_exit_2_naming_the_problem(tiny_lm_spec, tmp_path, capsys)
 
 
 def test_export_refuses_other_families(tmp_path, capsys, monkeypatch):
-    from shared.specs import FAMILIES, Family
+    from shared import registry
     from shared.specs.base import OTHER, ParamSpec
 
     @dataclasses.dataclass(frozen=True)
@@ -307,14 +307,16 @@ def test_export_refuses_other_families(tmp_path, capsys, monkeypatch):
         size: int = 3
 
     manifest = lambda spec: [ParamSpec("w", (spec.size,), OTHER)]
-    monkeypatch.setitem(FAMILIES, "toy", Family(
+    registry.families()   # the built-in ones first, then the toy beside them
+    monkeypatch.setitem(registry._FAMILIES, "toy", registry.Family(
         "toy", ToySpec, manifest, lambda spec, seed: {"w": np.zeros(spec.size, np.float32)},
-        lambda spec: {"total": spec.size}))
+        lambda spec: {"total": spec.size}, backends={}, data_config=None, task=None,
+        random_batch=None, memory=None))
     save_checkpoint(tmp_path / "ckpt", {"w": np.zeros(3, np.float32)},
                     checkpoint_config(ToySpec()))
     assert export_main([str(tmp_path / "ckpt"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "'toy'" in err and "'lm'" in err
+    assert "'toy'" in err and "only LM checkpoints" in err
     assert not (tmp_path / "out").exists()
 
 

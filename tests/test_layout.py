@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shared.layout import backend_shape, from_backend, to_backend
+from shared.engine.layout import backend_shape, from_backend, to_backend
 from shared.specs.base import (CONV1D, CONV2D, CONV_TRANSPOSE1D, CONV_TRANSPOSE2D, LINEAR,
                                ParamSpec)
 

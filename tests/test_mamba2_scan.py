@@ -10,9 +10,10 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 import mlx_models.bandsplit as mbs
 import torch_models.bandsplit as tbs
-from shared.config import ConfigError, config_from_dict
-from shared.layout import to_backend
-from shared.specs import SpecError, spec_from_dict
+from shared.engine.config import config_from_dict
+from shared.engine.layout import to_backend
+from shared.errors import ConfigError, SpecError
+from shared.registry import spec_from_dict
 from shared.specs.bandsplit import (BandSplitSpec, bandsplit_init_weights, bandsplit_manifest,
                                     scale_band_widths, table_widths)
 from tests.helpers import rel_err, one_torch_thread  # noqa: F401  (an autouse fixture)

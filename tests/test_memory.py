@@ -10,11 +10,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from memory_accuracy import SCALED, measure_peak, scaled_config  # noqa: E402
 
-from shared.batch_finder import OutOfMemory, find_max_batch
-from shared.config import load_config
-from shared.hardware import get_profile
-from shared.memory import GB, budget_bytes, fit, plan, suggestions, with_overrides
-from shared.specs import get_family
+from shared.planner.batch_finder import OutOfMemory, find_max_batch
+from shared.engine.config import load_config
+from shared.planner.hardware import get_profile
+from shared.planner.core import GB, budget_bytes, fit, plan, suggestions, with_overrides
+from shared.registry import get_family
 from shared.specs.base import count_params
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 import pytest
 
-from shared.metrics import (chunk_sdrs, csdr, csdr_over_tracks, sdr, si_sdr,
+from shared.eval.metrics import (chunk_sdrs, csdr, csdr_over_tracks, sdr, si_sdr,
                             usdr_over_tracks)
 
 FILTER_TAPS = 512  # BSS Eval's distortion filter length (mir_eval and museval default)
@@ -148,13 +148,13 @@ def test_shape_errors():
 # ------------------------------------------------------------------ speech / translation
 import functools  # noqa: E402
 
-from shared.metrics import (char_error_rate, corpus_bleu, ctc_collapse, edit_distance,  # noqa: E402
+from shared.eval.metrics import (char_error_rate, corpus_bleu, ctc_collapse, edit_distance,  # noqa: E402
                             unit_error_rate, word_error_rate)
 
 
 def reference_edit_distance(a, b) -> int:
     """Levenshtein distance by the textbook recursion over suffixes (memoised), written
-    independently of shared.metrics' row-by-row DP."""
+    independently of shared.eval.metrics' row-by-row DP."""
     a, b = tuple(a), tuple(b)
 
     @functools.lru_cache(maxsize=None)

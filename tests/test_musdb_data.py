@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 
 import shared.data.musdb as musdb
-from shared.data.lm_text import DataError
+from shared.errors import DataError
 from shared.data.musdb import STEMS, MusdbDataset, RemixSampler
 from shared.data.synth_musdb import generate, main, synth_track, write_track
 

@@ -7,12 +7,13 @@ import pytest
 import soundfile as sf
 
 from shared.audio.fbank import CMVN, SpecAugment, fbank
-from shared.config import ConfigError, S2UTDataConfig, TrainConfig
 from shared.data import synth_s2ut
-from shared.data.lm_text import DataError
 from shared.data.s2ut import (BOS, EOS, BucketBatcher, FeatureCache, S2UTCorpus, S2UTDataset,
                               collate, eval_batches, filter_duration, fit_cmvn, read_manifest,
                               tokenizer_for, train_sentencepiece)
+from shared.data.s2ut import S2UTDataConfig
+from shared.engine.config import TrainConfig
+from shared.errors import ConfigError, DataError
 
 SR = 16000
 HEADER = "id\tsrc_audio\tsrc_n_frames\tsrc_text\ttgt_text\ttgt_audio\n"
@@ -379,7 +380,7 @@ class OracleTrainer:
 
 def test_echostream_task_scores_an_oracle_perfectly(corpus_dir, tmp_path):
     from shared.specs.echostream import EchoStreamSpec
-    from shared.tasks import EchoStreamTask
+    from shared.tasks.echostream import EchoStreamTask
 
     config = SimpleNamespace(
         data=data_config(corpus_dir, dev_max_utterances=3),
@@ -416,7 +417,7 @@ def test_dataset_without_disk_cache(corpus):
 def test_echostream_configs_load_with_seed_000_numbers():
     from pathlib import Path
 
-    from shared.config import load_config
+    from shared.engine.config import load_config
 
     configs = Path(__file__).resolve().parent.parent / "configs"
     mac = load_config(configs / "m2_8gb.yaml")

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from shared.separation import fade_window, separate
+from shared.audio.chunked import fade_window, separate
 
 
 def test_identity_model_reconstructs_any_length():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from shared.config import config_from_dict
-from shared.train_loop import Run
+from shared.engine.config import config_from_dict
+from shared.engine.train_loop import Run
 from tests.helpers import TRAINERS, metric_rows
 
 
@@ -41,7 +41,7 @@ def test_trains_evaluates_and_resumes_exactly(tmp_path, backend):
 
 
 def test_configs_the_data_cannot_serve_are_refused(tmp_path):
-    from shared.data.lm_text import DataError
+    from shared.errors import DataError
     with pytest.raises(DataError, match="model.n_sources=2, but the MUSDB18 data give 4 stems"):
         Run(config_from_dict({**tiny().to_dict(), "model": {**tiny().to_dict()["model"], "n_sources": 2}}),
             TRAINERS["torch"], tmp_path / "a", progress=False)
@@ -56,7 +56,7 @@ def test_configs_the_data_cannot_serve_are_refused(tmp_path):
     ("--chunk-seconds", "-1", "--chunk-seconds must be > 0"),
 ])
 def test_separate_options_are_checked_before_any_work(capsys, option, value, message, tmp_path):
-    from shared.separate_cli import main
+    from shared.cli.separate import main
     assert main("torch", None, ["--checkpoint", "nowhere", "song.wav", "--out", str(tmp_path), option, value]) == 2
     assert message in capsys.readouterr().err
 

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 import torch
 
-from shared.specs.base import SpecError
+from shared.errors import SpecError
 from shared.specs.lm import LMSpec, lm_manifest, lm_param_counts, lm_train_flops_per_token
 from torch_models.lm import LanguageModel
 
@@ -60,7 +60,7 @@ def test_invalid_specs_name_the_field(change, message):
 def test_every_shipped_config_loads():
     import pathlib
 
-    from shared.config import load_config
+    from shared.engine.config import load_config
     configs = sorted((pathlib.Path(__file__).parent.parent / "configs").glob("*.yaml"))
     assert {c.name for c in configs} >= {"tiny.yaml", "m4max.yaml", "m4max_large.yaml",
                                           "m2_8gb_lm.yaml", "cuda_lm.yaml"}

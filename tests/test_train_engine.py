@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from mlx_models.trainer import Trainer as MLXTrainer
-from shared.config import TrainConfig, config_from_dict
+from shared.engine.config import TrainConfig, config_from_dict
 from shared.specs.lm import LMSpec, lm_init_weights
-from shared.train_loop import Run
+from shared.engine.train_loop import Run
 from tests.helpers import rel_err, TRAINERS
 
 SPEC = LMSpec(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -154,7 +154,7 @@ def tiny_config(**train):
 
 
 def test_too_small_vocab_is_a_clear_error(tmp_path):
-    from shared.data.lm_text import DataError
+    from shared.errors import DataError
     with pytest.raises(DataError, match="model.vocab_size=300 is too small"):
         Run(config_from_dict({"family": "lm", "model": dict(
             vocab_size=300, hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2,
@@ -294,7 +294,7 @@ def test_cli_never_writes_over_another_run(tmp_path):
 
 
 def test_resume_refuses_another_model_before_building_data(tmp_path):
-    from shared.checkpoint import CheckpointError
+    from shared.errors import CheckpointError
     cfg = tiny_config(max_steps=2, save_every=2, eval_every=2, eval_batches=1)
     Run(cfg, TRAINERS["torch"], tmp_path / "run", progress=False).train()
     wider = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hidden_size=64))
@@ -312,7 +312,7 @@ def test_resume_refuses_another_model_before_building_data(tmp_path):
 
 
 def test_resume_refuses_data_that_change_the_tokenizer(tmp_path):
-    from shared.checkpoint import CheckpointError
+    from shared.errors import CheckpointError
     text = tmp_path / "a.txt"
     text.write_text("\n".join(f"문단 {i}: 서울의 하늘은 맑고 바람이 분다." for i in range(200)))
     cfg = tiny_config(max_steps=2, save_every=2, eval_every=2, eval_batches=1)

@@ -6,10 +6,10 @@ import sys
 import numpy as np
 import torch
 
-from shared.batch_finder import OutOfMemory, main
-from shared.config import ConfigError
-from shared.memory import with_overrides
-from shared.synthetic import random_batch
+from shared.planner.batch_finder import OutOfMemory, main
+from shared.errors import ConfigError
+from shared.planner.core import with_overrides
+from shared.tasks import random_batch
 from torch_models.trainer import Trainer
 
 

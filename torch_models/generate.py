@@ -4,7 +4,7 @@ import sys
 import numpy as np
 import torch
 
-from shared.generate_cli import main
+from shared.cli.generate import main
 from torch_models.models import load_model
 from torch_models.trainer import default_device
 
@@ -23,7 +23,7 @@ def decoder(model, device):
 
 
 def load(checkpoint):
-    model, config = load_model(checkpoint, expect=("lm",), what="an LM")
+    model, config = load_model(checkpoint, expect="generation", what="an LM")
     device = default_device()
     model = model.to(device).eval()
     return decoder(model, device), model.spec

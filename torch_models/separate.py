@@ -4,13 +4,13 @@ import sys
 import numpy as np
 import torch
 
-from shared.separate_cli import SEPARATORS, main
+from shared.cli.separate import main
 from torch_models.models import load_model
 from torch_models.trainer import default_device
 
 
 def load(checkpoint):
-    model, config = load_model(checkpoint, expect=SEPARATORS, what="a separator")
+    model, config = load_model(checkpoint, expect="separation", what="a separator")
     return chunk_runner(model, default_device()), config
 
 

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import torch
 
-from shared.stream_cli import main
+from shared.cli.stream import main
 from torch_models.models import load_model
 from torch_models.trainer import default_device
 
@@ -65,7 +65,7 @@ class StreamSession:
 
 
 def load(checkpoint):
-    model, config = load_model(checkpoint, expect=("echostream",), what="EchoStream")
+    model, config = load_model(checkpoint, expect="streaming", what="EchoStream")
     device = default_device()
     model = model.to(device).eval()
     return (lambda: StreamSession(model, device)), config

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from shared.config import ConfigError
-from shared.specs import family_of, get_family
-from torch_models.models import LOSS_TERMS, LOSSES, build_model
+from shared.errors import ConfigError
+from shared.registry import family_of, get_family
+from torch_models.models import BACKEND, build_model
 from torch_models.weights import from_numpy, get_weights, set_weights, to_numpy
 
 
@@ -39,7 +39,8 @@ class Trainer:
         self.model = build_model(spec, train.seed, weights).to(self.device)
         self.model.checkpoint_activations = train.gradient_checkpointing
         self.model.train()
-        self._family, self._loss_fn = family.name, LOSSES[family.name]
+        losses = family.backend(BACKEND)
+        self._loss_fn, self._loss_terms_fn = losses.loss, losses.loss_terms
         self.optimizer = make_optimizer(self.model, train)
         if train.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 or fp32")
@@ -112,7 +113,7 @@ class Trainer:
     @torch.no_grad()
     def eval_terms(self, batch) -> dict[str, float]:
         """Every term of the loss on `batch` (eval mode); {"loss": ...} for single-term losses."""
-        terms_fn = LOSS_TERMS.get(self._family)
+        terms_fn = self._loss_terms_fn
         if terms_fn is None:
             return {"loss": self.eval_loss(batch)}
         was_training = self.model.training

@@ -5,8 +5,8 @@ import ml_dtypes
 import numpy as np
 import torch
 
-from shared.checkpoint import check_weights
-from shared.layout import from_backend, to_backend
+from shared.engine.checkpoint import check_weights
+from shared.engine.layout import from_backend, to_backend
 from shared.specs.base import ParamSpec
 
 

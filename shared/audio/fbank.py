@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.data.lm_text import DataError
+from shared.errors import DataError
 
 INT16_SCALE = 32768.0
 # Kaldi floors mel energies at std::numeric_limits<float>::epsilon() before the log.

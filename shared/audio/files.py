@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from shared.data.lm_text import DataError
+from shared.errors import DataError
 
 
 def read_audio_file(path: Path) -> tuple[np.ndarray, int]:

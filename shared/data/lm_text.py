@@ -13,13 +13,30 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from shared.errors import ConfigError, DataError
 
-class DataError(ValueError):
-    """A data problem; the message names the file and the fix."""
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Text files to train on. Empty: the built-in corpus that ships with the package.
+    train_files: list[str] = field(default_factory=list)
+    val_files: list[str] = field(default_factory=list)
+    # SentencePiece model; empty: train one from the training text into the run directory.
+    tokenizer: str = ""
+    tokenizer_type: str = "bpe"         # bpe (Llama-compatible, exports to HF) | unigram
+    val_fraction: float = 0.05          # held out from train_files when val_files is empty
+    seed: int = 0
+
+    def validate(self):
+        if self.tokenizer_type not in ("unigram", "bpe"):
+            raise ConfigError(f"data.tokenizer_type must be 'unigram' or 'bpe', got {self.tokenizer_type!r}")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise ConfigError(f"data.val_fraction must be in (0, 0.5), got {self.val_fraction}")
 
 
 # ------------------------------------------------------------------ the built-in corpus

@@ -26,7 +26,41 @@ from typing import Iterator, Sequence
 import numpy as np
 import soundfile as sf
 
-from shared.data.lm_text import DataError
+from shared.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class AudioDataConfig:
+    """Music separation data: a MUSDB18-HQ-layout root (see shared/data/musdb.py)."""
+    # MUSDB18-HQ root (train/, test/). Empty: a synthetic demo set is generated into the
+    # run directory (python -m shared.data.synth_musdb), so training works from a clone.
+    root: str = ""
+    sample_rate: int = 44100
+    segment_seconds: float = 3.0
+    remix: bool = True                 # stems of an example from different tracks
+    gain_min: float = 0.25
+    gain_max: float = 1.25
+    channel_swap: bool = True
+    min_rms: float = 1e-3              # redraw near-silent stem segments
+    val_tracks: int = 0                # validation tracks to score (0: all)
+    val_segments: int = 8              # fixed validation segments for val_loss
+    synth_tracks: int = 8              # size of the generated demo set
+    synth_seconds: float = 12.0
+    seed: int = 0
+
+    def validate(self):
+        if self.sample_rate <= 0 or self.segment_seconds <= 0:
+            raise ConfigError("data.sample_rate and data.segment_seconds must be > 0")
+        if not 0 < self.gain_min <= self.gain_max:
+            raise ConfigError(f"data.gain_min/gain_max must satisfy 0 < min <= max, got "
+                              f"{self.gain_min}, {self.gain_max}")
+        if self.val_tracks < 0 or self.val_segments <= 0 or self.synth_tracks < 2:
+            raise ConfigError("data.val_tracks must be >= 0, data.val_segments > 0, "
+                              "data.synth_tracks >= 2")
+
+    @property
+    def segment_samples(self) -> int:
+        return int(round(self.segment_seconds * self.sample_rate))
 
 STEMS = ("vocals", "drums", "bass", "other")
 FILES = ("mixture",) + STEMS

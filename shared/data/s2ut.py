@@ -48,11 +48,60 @@ import numpy as np
 import soundfile as sf
 
 from shared.audio.fbank import CMVN, FbankOptions, SpecAugment, fbank, num_frames
-from shared.data.lm_text import DataError, load_tokenizer
+from shared.data.lm_text import load_tokenizer
+from shared.errors import ConfigError, DataError
+from shared.specs.echostream import BLANK, BOS, EOS, PAD, UNK, unit_id  # noqa: F401
 
 # The token contract with the model: SentencePiece pad 0 (= CTC blank), unk 1, bos 2,
 # eos 3; discrete unit u is stored as unit_id(u) = u + 1.
-from shared.specs.echostream import BLANK, BOS, EOS, PAD, UNK, unit_id  # noqa: F401
+
+
+@dataclass(frozen=True)
+class S2UTDataConfig:
+    """Speech-to-unit translation data (EchoStream): fairseq S2UT manifests, see
+    shared/data/s2ut.py. Both manifests empty: a synthetic demo corpus is generated into
+    the run directory (python -m shared.data.synth_s2ut), so training works from a clone."""
+    train_manifest: str = ""
+    dev_manifest: str = ""
+    # SentencePiece models (pad 0, unk 1, bos 2, eos 3); empty: trained from the training
+    # manifest's texts into the run directory, with model.src_vocab_size / tgt_vocab_size.
+    src_tokenizer: str = ""
+    tgt_tokenizer: str = ""
+    sample_rate: int = 16000
+    max_duration: float = 10.0         # seconds; longer utterances are skipped (and counted)
+    max_tokens: int = 5000             # padded feature frames per batch (B x longest)
+    skip_bad_rows: bool = False        # false: unusable manifest rows stop the run, listed
+    sort_window_batches: int = 50      # length-sort within windows of this many batches
+    specaugment: bool = True           # training batches only
+    num_freq_masks: int = 2
+    freq_mask_width: int = 27
+    num_time_masks: int = 2
+    time_mask_width: int = 100
+    dev_max_utterances: int = 200      # dev utterances scored at each evaluation (0: all)
+    synth_train_utterances: int = 400  # size of the generated demo corpus
+    synth_dev_utterances: int = 40
+    synth_min_seconds: float = 1.0
+    synth_max_seconds: float = 4.0
+    seed: int = 0                      # the demo corpus
+
+    def validate(self):
+        if bool(self.train_manifest) != bool(self.dev_manifest):
+            raise ConfigError("set both data.train_manifest and data.dev_manifest, or neither "
+                              "(both empty: train on the generated demo corpus)")
+        if self.sample_rate <= 0 or not self.max_duration > 0:
+            raise ConfigError("data.sample_rate and data.max_duration must be > 0")
+        if self.max_tokens <= 0 or self.sort_window_batches <= 0:
+            raise ConfigError("data.max_tokens and data.sort_window_batches must be > 0")
+        for name in ("num_freq_masks", "freq_mask_width", "num_time_masks", "time_mask_width",
+                     "dev_max_utterances"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"data.{name} must be >= 0, got {getattr(self, name)}")
+        if self.synth_train_utterances < 1 or self.synth_dev_utterances < 1:
+            raise ConfigError("data.synth_train_utterances and data.synth_dev_utterances "
+                              "must be >= 1")
+        if not 0 < self.synth_min_seconds < self.synth_max_seconds:
+            raise ConfigError(f"need 0 < data.synth_min_seconds < data.synth_max_seconds, got "
+                              f"{self.synth_min_seconds}, {self.synth_max_seconds}")
 
 MANIFEST_COLUMNS = ("id", "src_audio", "src_n_frames", "src_text", "tgt_text", "tgt_audio")
 RESAMPLE_HINT = ("resample it, e.g. `sox IN -r {rate} -c 1 OUT.wav` or "
@@ -379,7 +428,7 @@ def mt_token_ids(tokens) -> list[int]:
 def unit_sequence(unit_argmax, length: int) -> list[int]:
     """A row of the unit decoder's per-frame argmax as units: CTC-collapsed, then ids back
     to units (the inverse of `unit_id`)."""
-    from shared.metrics import ctc_collapse
+    from shared.eval.metrics import ctc_collapse
     return [u - 1 for u in ctc_collapse(unit_argmax, length, blank=BLANK)]
 
 

@@ -2,9 +2,11 @@
 
 A manifest lists every trainable parameter with its canonical name, canonical shape and
 layout kind. Canonical layout is PyTorch's (what Hugging Face and most checkpoints use);
-the layout kind tells `shared.layout` how to turn it into a backend's native layout.
+the layout kind tells `shared.engine.layout` how to turn it into a backend's native layout.
 """
 from __future__ import annotations
+
+from shared.errors import SpecError
 
 from dataclasses import dataclass
 
@@ -23,10 +25,6 @@ OTHER = "other"                        # any tensor stored identically on both s
 
 LAYOUT_KINDS = (LINEAR, EMBEDDING, NORM, BIAS, CONV1D, CONV2D,
                 CONV_TRANSPOSE1D, CONV_TRANSPOSE2D, OTHER)
-
-
-class SpecError(ValueError):
-    """A spec whose hyperparameters cannot build a model."""
 
 
 def check_int(name: str, value, minimum: int) -> None:

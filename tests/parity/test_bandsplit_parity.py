@@ -16,7 +16,7 @@ import mlx_models.models as mm
 import torch_models.bandsplit as tbs
 import torch_models.models as tm
 from mlx_models.trainer import Trainer as MLXTrainer
-from shared.config import TrainConfig
+from shared.engine.config import TrainConfig
 from shared.specs.bandsplit import (BandSplitSpec, bandsplit_init_weights, bandsplit_manifest,
                                     bandsplit_param_counts)
 from torch_models.trainer import Trainer as TorchTrainer

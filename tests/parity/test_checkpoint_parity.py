@@ -9,7 +9,8 @@ from mlx.utils import tree_map
 
 import mlx_models.models as mm
 import torch_models.models as tm
-from shared.checkpoint import CheckpointError, load_checkpoint
+from shared.engine.checkpoint import load_checkpoint
+from shared.errors import CheckpointError
 from tests.helpers import bits, round_trip_mlx_torch_mlx
 
 
@@ -55,7 +56,7 @@ def test_mismatched_checkpoint_lists_every_problem(tmp_path, tiny_lm_spec):
 
 
 def test_unexpected_and_missing_names_are_reported(tmp_path, tiny_lm_spec):
-    from shared.checkpoint import check_weights
+    from shared.engine.checkpoint import check_weights
     from shared.specs.lm import lm_init_weights, lm_manifest
     weights = lm_init_weights(tiny_lm_spec)
     weights["layers.0.attention.q_bias"] = np.zeros(4, np.float32)
@@ -79,7 +80,7 @@ def test_bad_checkpoint_directories(tmp_path, tiny_lm_spec):
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, tiny_lm_spec):
-    from shared.checkpoint import save_checkpoint
+    from shared.engine.checkpoint import save_checkpoint
     model = mm.build_model(tiny_lm_spec, seed=5)
     mm.save_model(model, tmp_path / "ckpt")
     before = bits(load_checkpoint(tmp_path / "ckpt")[0])
@@ -101,7 +102,7 @@ def test_a_checkpoint_directory_gets_the_usual_mode(tmp_path, tiny_lm_spec):
 
 
 def test_our_safetensors_files_read_back_with_the_safetensors_library(tmp_path):
-    from shared.checkpoint import load_safetensors, save_safetensors
+    from shared.engine.checkpoint import load_safetensors, save_safetensors
     rng = np.random.default_rng(0)
     tensors = {"a": rng.standard_normal((3, 5)).astype(np.float32),
                "b": np.arange(7, dtype=np.int64), "c": rng.standard_normal(4).astype(np.float16),

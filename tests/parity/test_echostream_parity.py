@@ -17,8 +17,9 @@ import mlx_models.models as mm
 import torch_models.echostream as tes
 import torch_models.models as tm
 from mlx_models.trainer import Trainer as MLXTrainer
-from shared.config import TrainConfig
-from shared.specs import SpecError, spec_from_dict
+from shared.engine.config import TrainConfig
+from shared.registry import spec_from_dict
+from shared.errors import SpecError
 from shared.specs.echostream import (BOS, EOS, PAD, EchoStreamSpec, echostream_init_weights,
                                      echostream_manifest, echostream_param_counts, encoder_length,
                                      unit_id)

@@ -13,7 +13,7 @@ import mlx_models.models as mm
 import torch_models.lm as tlm
 import torch_models.models as tm
 from mlx_models.trainer import Trainer as MLXTrainer
-from shared.config import TrainConfig
+from shared.engine.config import TrainConfig
 from shared.specs.lm import lm_init_weights, lm_manifest
 from torch_models.trainer import Trainer as TorchTrainer
 from tests.helpers import rel_err

@@ -17,9 +17,10 @@ import mlx_models.tflocoformer as mtl
 import torch_models.models as tm
 import torch_models.tflocoformer as ttl
 from mlx_models.trainer import Trainer as MLXTrainer
-from shared.config import TrainConfig
-from shared.layout import from_backend
-from shared.specs import SpecError, spec_from_dict
+from shared.engine.config import TrainConfig
+from shared.engine.layout import from_backend
+from shared.registry import spec_from_dict
+from shared.errors import SpecError
 from shared.specs.tflocoformer import (TFLocoformerSpec, tflocoformer_init_weights,
                                        tflocoformer_manifest, tflocoformer_param_counts)
 from torch_models.trainer import Trainer as TorchTrainer
@@ -120,7 +121,7 @@ def test_group_norm_is_accurate_on_large_feature_maps(record):
 
 def test_si_sdr_loss_matches_shared_metric(spec):
     """The training objective is shared/metrics.py's SI-SDR (channels scored together)."""
-    from shared.metrics import si_sdr
+    from shared.eval.metrics import si_sdr
     data = batch(spec, seed=4)
     est = data["sources"] + 0.1 * np.random.default_rng(5).standard_normal(data["sources"].shape).astype(np.float32)
     ref = np.array([[si_sdr(data["sources"][i, s], est[i, s], eps=1e-8) for s in range(spec.n_sources)]

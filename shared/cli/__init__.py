@@ -6,8 +6,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from shared.checkpoint import CheckpointError
-from shared.specs.base import SpecError
+from shared.errors import CheckpointError, SpecError
 
 # Errors that mean "the input is wrong", not "the program is wrong".
 # (CheckpointError and SpecError are ValueErrors; listed to say what is expected.)

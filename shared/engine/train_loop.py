@@ -32,13 +32,16 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from shared.checkpoint import CheckpointError, load_safetensors, open_checkpoint, save_checkpoint
-from shared.config import ConfigError, RunConfig
 from shared.data.loader import prefetch
-from shared.tasks import make_task, same_data_file
-from shared.schedule import lr_at
+from shared.engine.checkpoint import load_safetensors, open_checkpoint, save_checkpoint
+from shared.engine.config import RunConfig
+from shared.engine.schedule import lr_at
+from shared.engine.tasks import make_task, same_data_file
+from shared.errors import CheckpointError, ConfigError
+from shared.registry import get_family
 
 TRAINER_STATE = "trainer_state.safetensors"
+UNIT_LABELS = {"tokens": "tok/s", "audio_s": "audio s/s"}     # the progress bar's throughput
 TRAIN_STATE = "train_state.json"
 
 
@@ -103,8 +106,6 @@ def _resumable_weights(ckpt: Path, config: RunConfig) -> dict[str, np.ndarray]:
     """The checkpoint's weights, if the config builds the same model (its non-shape
     settings, dropout say, may change on resume)."""
     from dataclasses import fields
-
-    from shared.specs import get_family
 
     family, saved, _, weights, _ = open_checkpoint(ckpt)
     if family != config.family:
@@ -209,8 +210,8 @@ class Run:
 
     def _log_memory_plan(self) -> float | None:
         """Say before the first step what the planner expects (python -m shared.plan)."""
-        from shared.hardware import get_profile
-        from shared.memory import GB, budget_bytes, plan
+        from shared.planner.hardware import get_profile
+        from shared.planner.core import GB, budget_bytes, plan
         try:
             p = plan(self.config, self.trainer.backend)
         except ValueError:
@@ -255,7 +256,9 @@ class Run:
         self.step_at_start, self.samples_at_start = st.step, st.samples_seen
         units_per_step = (tc.batch_size * tc.gradient_accumulation_steps * self.world_size
                           * self.task.units_per_sample)
-        rate_key = f"{self.task.unit}_per_s"
+        unit = get_family(self.config.family).unit
+        rate_key = f"{unit}_per_s"
+        rate_label = UNIT_LABELS.get(unit, f"{unit}/s")
         previous = signal.signal(signal.SIGINT, self._on_interrupt)
         bar = self._bar(st.step)
         window_start, window_tokens = time.perf_counter(), 0
@@ -293,9 +296,8 @@ class Run:
                            "mem_gb": round(mem, 3), "peak_mem_gb": round(peak, 3)}
                     self.record(row)
                     if bar is not None:
-                        unit = "tok/s" if self.task.unit == "tokens" else "audio s/s"
                         bar.set_postfix_str(f"loss={row['loss']:.4f}, lr={lr:.6f}, "
-                                            f"{unit}={row[rate_key]:.1f}, "
+                                            f"{rate_label}={row[rate_key]:.1f}, "
                                             f"mem={mem:.1f}/{peak:.1f}GB")
                     window_start, window_tokens = time.perf_counter(), 0
                 if bar is not None:

@@ -6,11 +6,9 @@ import sys
 import time
 from pathlib import Path
 
-from shared.checkpoint import CheckpointError
 from shared.cli import run_cli
-from shared.config import ConfigError, config_from_dict, load_config
-from shared.data.lm_text import DataError
-from shared.specs.base import SpecError
+from shared.engine.config import config_from_dict, load_config
+from shared.errors import CheckpointError, ConfigError, DataError, SpecError
 
 
 def parser(backend: str) -> argparse.ArgumentParser:
@@ -85,7 +83,7 @@ def run_directory(args, backend: str, ckpt: Path | None) -> Path:
 
 
 def train(args, backend: str, trainer_cls) -> None:
-    from shared.train_loop import Run, find_checkpoint
+    from shared.engine.train_loop import Run, find_checkpoint
 
     ckpt = find_checkpoint(args.resume) if args.resume else None
     if ckpt is not None and not args.config:

@@ -13,10 +13,11 @@ import sys
 from typing import Callable
 
 from shared.cli import run_cli
-from shared.config import ConfigError, load_config
-from shared.hardware import get_profile
-from shared.memory import GB, budget_bytes, plan, with_overrides
-from shared.specs.base import SpecError
+from shared.engine.config import load_config
+from shared.errors import ConfigError, SpecError
+from shared.planner.core import GB, budget_bytes, plan, with_overrides
+from shared.planner.hardware import get_profile
+from shared.registry import get_family
 
 
 class OutOfMemory(Exception):
@@ -55,12 +56,6 @@ def find_max_batch(probe: Callable[[int], float], budget: float, limit: int,
     return good, peaks
 
 
-# What makes one example smaller, per family.
-SHORTER = {"lm": "a shorter train.seq_length", "tflocoformer": "a shorter data.segment_seconds",
-           "bandsplit": "a shorter data.segment_seconds",
-           "echostream": "a shorter data.max_duration"}
-
-
 def main(backend: str, make_probe, argv=None) -> int:
     p = argparse.ArgumentParser(
         prog=f"python -m {backend}_models.find_batch_size",
@@ -86,7 +81,7 @@ def main(backend: str, make_probe, argv=None) -> int:
         if best == 0:
             raise ConfigError(f"even batch 1 needs {peaks.get(1, float('nan')) / GB:.2f} GB of "
                               f"{budget / GB:.2f} GB; turn on train.gradient_checkpointing, use "
-                              f"bf16 or {SHORTER[config.family]} (python -m shared.plan --fit)")
+                              f"bf16 or {get_family(config.family).memory.shorter_hint} (python -m shared.plan --fit)")
         effective = config.train.batch_size * config.train.gradient_accumulation_steps
         micro = max(d for d in range(1, min(best, effective) + 1) if effective % d == 0)
         predicted = plan(with_overrides(config, {"train.batch_size": best,

@@ -1,7 +1,8 @@
 """Typed, strict run configs: YAML -> dataclasses.
 
 A config file has the sections `family` (which model), `model` (the family's spec),
-`data`, `train` and `hardware`. Unknown keys, wrong types and impossible values raise
+`data` (the family's data config), `train` and `hardware`; and, for a family of your own,
+`family_module` (the module that registers it, docs/adding-a-family.md). Unknown keys, wrong types and impossible values raise
 ConfigError with one line that names the key and the fix. `section.key=value` overrides
 from the command line are parsed as YAML scalars and applied before validation.
 """
@@ -15,112 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from shared.specs import FAMILIES, get_family
-from shared.specs.base import SpecError
-
-
-class ConfigError(ValueError):
-    """A config problem; the message is one line naming the key and the fix."""
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    # Text files to train on. Empty: the built-in corpus that ships with the package.
-    train_files: list[str] = field(default_factory=list)
-    val_files: list[str] = field(default_factory=list)
-    # SentencePiece model; empty: train one from the training text into the run directory.
-    tokenizer: str = ""
-    tokenizer_type: str = "bpe"         # bpe (Llama-compatible, exports to HF) | unigram
-    val_fraction: float = 0.05          # held out from train_files when val_files is empty
-    seed: int = 0
-
-    def validate(self):
-        if self.tokenizer_type not in ("unigram", "bpe"):
-            raise ConfigError(f"data.tokenizer_type must be 'unigram' or 'bpe', got {self.tokenizer_type!r}")
-        if not 0.0 < self.val_fraction < 0.5:
-            raise ConfigError(f"data.val_fraction must be in (0, 0.5), got {self.val_fraction}")
-
-
-@dataclass(frozen=True)
-class AudioDataConfig:
-    """Music separation data: a MUSDB18-HQ-layout root (see shared/data/musdb.py)."""
-    # MUSDB18-HQ root (train/, test/). Empty: a synthetic demo set is generated into the
-    # run directory (python -m shared.data.synth_musdb), so training works from a clone.
-    root: str = ""
-    sample_rate: int = 44100
-    segment_seconds: float = 3.0
-    remix: bool = True                 # stems of an example from different tracks
-    gain_min: float = 0.25
-    gain_max: float = 1.25
-    channel_swap: bool = True
-    min_rms: float = 1e-3              # redraw near-silent stem segments
-    val_tracks: int = 0                # validation tracks to score (0: all)
-    val_segments: int = 8              # fixed validation segments for val_loss
-    synth_tracks: int = 8              # size of the generated demo set
-    synth_seconds: float = 12.0
-    seed: int = 0
-
-    def validate(self):
-        if self.sample_rate <= 0 or self.segment_seconds <= 0:
-            raise ConfigError("data.sample_rate and data.segment_seconds must be > 0")
-        if not 0 < self.gain_min <= self.gain_max:
-            raise ConfigError(f"data.gain_min/gain_max must satisfy 0 < min <= max, got "
-                              f"{self.gain_min}, {self.gain_max}")
-        if self.val_tracks < 0 or self.val_segments <= 0 or self.synth_tracks < 2:
-            raise ConfigError("data.val_tracks must be >= 0, data.val_segments > 0, "
-                              "data.synth_tracks >= 2")
-
-    @property
-    def segment_samples(self) -> int:
-        return int(round(self.segment_seconds * self.sample_rate))
-
-
-@dataclass(frozen=True)
-class S2UTDataConfig:
-    """Speech-to-unit translation data (EchoStream): fairseq S2UT manifests, see
-    shared/data/s2ut.py. Both manifests empty: a synthetic demo corpus is generated into
-    the run directory (python -m shared.data.synth_s2ut), so training works from a clone."""
-    train_manifest: str = ""
-    dev_manifest: str = ""
-    # SentencePiece models (pad 0, unk 1, bos 2, eos 3); empty: trained from the training
-    # manifest's texts into the run directory, with model.src_vocab_size / tgt_vocab_size.
-    src_tokenizer: str = ""
-    tgt_tokenizer: str = ""
-    sample_rate: int = 16000
-    max_duration: float = 10.0         # seconds; longer utterances are skipped (and counted)
-    max_tokens: int = 5000             # padded feature frames per batch (B x longest)
-    skip_bad_rows: bool = False        # false: unusable manifest rows stop the run, listed
-    sort_window_batches: int = 50      # length-sort within windows of this many batches
-    specaugment: bool = True           # training batches only
-    num_freq_masks: int = 2
-    freq_mask_width: int = 27
-    num_time_masks: int = 2
-    time_mask_width: int = 100
-    dev_max_utterances: int = 200      # dev utterances scored at each evaluation (0: all)
-    synth_train_utterances: int = 400  # size of the generated demo corpus
-    synth_dev_utterances: int = 40
-    synth_min_seconds: float = 1.0
-    synth_max_seconds: float = 4.0
-    seed: int = 0                      # the demo corpus
-
-    def validate(self):
-        if bool(self.train_manifest) != bool(self.dev_manifest):
-            raise ConfigError("set both data.train_manifest and data.dev_manifest, or neither "
-                              "(both empty: train on the generated demo corpus)")
-        if self.sample_rate <= 0 or not self.max_duration > 0:
-            raise ConfigError("data.sample_rate and data.max_duration must be > 0")
-        if self.max_tokens <= 0 or self.sort_window_batches <= 0:
-            raise ConfigError("data.max_tokens and data.sort_window_batches must be > 0")
-        for name in ("num_freq_masks", "freq_mask_width", "num_time_masks", "time_mask_width",
-                     "dev_max_utterances"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"data.{name} must be >= 0, got {getattr(self, name)}")
-        if self.synth_train_utterances < 1 or self.synth_dev_utterances < 1:
-            raise ConfigError("data.synth_train_utterances and data.synth_dev_utterances "
-                              "must be >= 1")
-        if not 0 < self.synth_min_seconds < self.synth_max_seconds:
-            raise ConfigError(f"need 0 < data.synth_min_seconds < data.synth_max_seconds, got "
-                              f"{self.synth_min_seconds}, {self.synth_max_seconds}")
+from shared.errors import ConfigError, SpecError
+from shared.registry import get_family, import_family_module
 
 
 @dataclass(frozen=True)
@@ -177,7 +74,7 @@ class HardwareConfig:
     device: str = "cpu"   # a profile name (see shared/hardware.py); informs the planner
 
     def validate(self):
-        from shared.hardware import get_profile
+        from shared.planner.hardware import get_profile
         try:
             get_profile(self.device)
         except ValueError as e:
@@ -187,10 +84,11 @@ class HardwareConfig:
 @dataclass(frozen=True)
 class RunConfig:
     family: str
-    model: typing.Any
-    data: typing.Any = field(default_factory=DataConfig)   # DataConfig or AudioDataConfig
+    model: typing.Any                       # the family's spec
+    data: typing.Any                        # the family's data config
     train: TrainConfig = field(default_factory=TrainConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    family_module: str = ""                 # the module that registers a family of one's own
 
     @property
     def seq_length(self) -> int:
@@ -198,17 +96,15 @@ class RunConfig:
         return self.train.seq_length or self.model.max_seq_length
 
     def to_dict(self) -> dict:
-        return {"family": self.family, "model": asdict(self.model), "data": asdict(self.data),
-                "train": asdict(self.train), "hardware": asdict(self.hardware)}
+        plugin = {"family_module": self.family_module} if self.family_module else {}
+        return {"family": self.family, **plugin, "model": asdict(self.model),
+                "data": asdict(self.data), "train": asdict(self.train),
+                "hardware": asdict(self.hardware)}
 
 
-SECTIONS = {"data": DataConfig, "train": TrainConfig, "hardware": HardwareConfig}
-# The data section's schema depends on the family.
-DATA_CONFIGS = {"lm": DataConfig, "echostream": S2UTDataConfig}
-
-
-def data_config_class(family: str):
-    return DATA_CONFIGS.get(family, AudioDataConfig)
+# The sections every family shares; `model` and `data` are the family's own (shared/registry.py).
+SECTIONS = {"train": TrainConfig, "hardware": HardwareConfig}
+DEFAULT_FAMILY = "lm"
 
 
 def _did_you_mean(key: str, known) -> str:
@@ -297,30 +193,34 @@ def config_from_dict(raw: dict, overrides: list[str] = ()) -> RunConfig:
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     for text in overrides:
         section, key, value = parse_override(text)
-        if section not in ("model", *SECTIONS):
+        if section not in ("model", "data", *SECTIONS):
             raise ConfigError(f"unknown section {section!r} in override {text!r}"
-                              f"{_did_you_mean(section, ['model', *SECTIONS])}")
+                              f"{_did_you_mean(section, ['model', 'data', *SECTIONS])}")
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raw[section] = {}
         raw[section][key] = value
-    known_top = {"family", "model", *SECTIONS}
+    known_top = {"family", "family_module", "model", "data", *SECTIONS}
     for key in raw:
         if key not in known_top:
             raise ConfigError(f"unknown section {key!r}{_did_you_mean(key, known_top)}; "
                               f"sections are: {', '.join(sorted(known_top))}")
-    family = raw.get("family", "lm")
-    if family not in FAMILIES:
-        raise ConfigError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
-    model = _build(get_family(family).spec_class, raw.get("model"), "model")
-    classes = SECTIONS | {"data": data_config_class(family)}
+    module = raw.get("family_module") or ""
+    if not isinstance(module, str):
+        raise ConfigError(f"family_module must be a Python module name, got {module!r}")
+    try:
+        if module:
+            import_family_module(module)
+        family = get_family(raw.get("family", DEFAULT_FAMILY))
+    except SpecError as e:
+        raise ConfigError(str(e)) from None
+    model = _build(family.spec_class, raw.get("model"), "model")
+    classes = {"data": family.data_config, **SECTIONS}
     sections = {name: _build(cls, raw.get(name), name) for name, cls in classes.items()}
     for section in sections.values():
         section.validate()
-    config = RunConfig(family=family, model=model, **sections)
-    if family == "lm" and config.seq_length > config.model.max_seq_length:
-        raise ConfigError(f"train.seq_length ({config.seq_length}) exceeds model.max_seq_length "
-                          f"({config.model.max_seq_length})")
+    config = RunConfig(family=family.name, model=model, family_module=module, **sections)
+    family.check_config(config)
     return config
 
 
@@ -340,4 +240,4 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
 
 
 # The default run (no --config): the tiny LM in the repository's configs/.
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"

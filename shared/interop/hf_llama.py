@@ -15,8 +15,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from shared.checkpoint import CheckpointError, check_weights, load_safetensors
-from shared.specs.base import SpecError
+from shared.engine.checkpoint import check_weights, load_safetensors
+from shared.errors import CheckpointError, SpecError
 from shared.specs.lm import LMSpec, lm_manifest
 
 HF_CONFIG_FILE = "config.json"

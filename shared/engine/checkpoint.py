@@ -20,6 +20,7 @@ import ml_dtypes
 import numpy as np
 import yaml
 
+from shared.errors import CheckpointError, SpecError
 from shared.specs.base import ParamSpec
 
 WEIGHTS_FILE = "model.safetensors"
@@ -33,10 +34,6 @@ _DTYPE_TO_ST = {
     np.dtype(np.uint8): "U8", np.dtype(np.bool_): "BOOL",
 }
 _ST_TO_DTYPE = {v: k for k, v in _DTYPE_TO_ST.items()}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable or does not match the model."""
 
 
 # ---------------------------------------------------------------- safetensors files
@@ -187,11 +184,12 @@ def check_weights(weights: dict[str, np.ndarray], manifest: list[ParamSpec],
 def open_checkpoint(directory: str | Path):
     """Load a checkpoint and rebuild its spec: returns (family, spec, manifest, weights,
     config). Weights are validated against the manifest the config implies."""
-    from shared.specs import get_family, spec_from_dict
-    from shared.specs.base import SpecError
+    from shared.registry import get_family, import_family_module, spec_from_dict
 
     weights, config = load_checkpoint(directory)
     try:
+        if config.get("family_module"):
+            import_family_module(config["family_module"])
         family = get_family(config["family"])
         spec = spec_from_dict(family.name, config["model"])
     except (SpecError, TypeError) as e:
@@ -202,8 +200,12 @@ def open_checkpoint(directory: str | Path):
 
 
 def checkpoint_config(spec, extra: dict | None = None) -> dict:
-    """The config.yaml content for a model spec (plus any resolved training config)."""
+    """The config.yaml content for a model spec (plus any resolved training config). A
+    family of one's own also names its module, which loading imports to register it."""
     from dataclasses import asdict
-    from shared.specs import family_of
 
-    return {"family": family_of(spec), "model": asdict(spec), **(extra or {})}
+    from shared.registry import family_of
+
+    module = type(spec).__module__       # a spec file registers its family (docs/adding-a-family.md)
+    plugin = {} if module.startswith("shared.") else {"family_module": module}
+    return {"family": family_of(spec), **plugin, "model": asdict(spec), **(extra or {})}

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.checkpoint import CheckpointError
 from shared.cli import run_cli
-from shared.data.lm_text import DataError, load_tokenizer
-from shared.sampling import sample_next
+from shared.data.lm_text import load_tokenizer
+from shared.engine.sampling import sample_next
+from shared.errors import CheckpointError, DataError
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

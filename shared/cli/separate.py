@@ -15,15 +15,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from shared.audio.chunked import separate
 from shared.audio.files import read_audio_file
-from shared.checkpoint import CheckpointError
 from shared.cli import run_cli
-from shared.data.lm_text import DataError
-
-SEPARATORS = ("tflocoformer", "bandsplit")   # the families this CLI can run
+from shared.cli.generate import resolve_checkpoint
 from shared.data.musdb import STEMS
-from shared.generate_cli import resolve_checkpoint
-from shared.separation import separate
+from shared.errors import CheckpointError, DataError
 
 
 def read_input(path: Path, sample_rate: int, channels: int) -> np.ndarray:

@@ -1,0 +1,16 @@
+"""EchoStream: streaming speech-to-unit translation (seed 000)."""
+from shared.data.s2ut import S2UTDataConfig
+from shared.planner.echostream import ECHOSTREAM_MEMORY
+from shared.registry import Family, register
+from shared.specs.echostream import (EchoStreamSpec, echostream_batch_parts, echostream_init_weights,
+                                     echostream_manifest, echostream_param_counts)
+from shared.tasks.echostream import EchoStreamTask, echostream_batch, example_seconds
+
+ECHOSTREAM = register(Family(
+    name="echostream", spec_class=EchoStreamSpec, manifest=echostream_manifest,
+    init_weights=echostream_init_weights, param_counts=echostream_param_counts,
+    backends={"mlx": "mlx_models.echostream:EchoStream", "torch": "torch_models.echostream:EchoStream"},
+    data_config=S2UTDataConfig, task=EchoStreamTask, random_batch=echostream_batch,
+    memory=ECHOSTREAM_MEMORY, unit="audio_s", units_per_example=example_seconds,
+    inference="streaming", bench_configs=("configs/echostream_demo.yaml",),
+    batch_parts=echostream_batch_parts, split_by_default=False))
