@@ -116,12 +116,19 @@ def families() -> dict[str, Family]:
 
 
 def import_family_module(module: str) -> None:
-    """Import the module that registers a family of one's own (a config's `family_module`)."""
+    """Import the module that registers a family of one's own (a config's `family_module`),
+    from the current directory or the path, as `python -m` would find it."""
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         importlib.import_module(module)
     except ImportError as e:
         raise SpecError(f"family_module {module!r} cannot be imported ({e}); it must be a Python "
-                        f"module on the path (PYTHONPATH) that calls shared.registry.register") from None
+                        f"module in the current directory or on PYTHONPATH that calls "
+                        f"shared.registry.register") from None
 
 
 def get_family(name: str) -> Family:

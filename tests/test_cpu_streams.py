@@ -10,11 +10,11 @@ from mlx_models.trainer import Trainer as MLXTrainer
 from shared.engine.config import TrainConfig, config_from_dict
 from shared.errors import ConfigError
 from shared.registry import get_family
-from shared.specs.lm import LMSpec
 from shared.specs.bandsplit import BandSplitSpec
+from shared.specs.lm import LMSpec
 from tests.helpers import TRAINERS, rel_err, stems_batch
-from tests.parity.test_echostream_parity import make_batch as echostream_batch
 from tests.parity.test_echostream_parity import tiny_spec as echostream_tiny_spec
+from tests.parity.test_echostream_parity import make_batch as echostream_batch
 
 LM = LMSpec(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
             intermediate_size=96, max_seq_length=64)

@@ -6,8 +6,8 @@ exactly the losses of an uninterrupted one -- seed 000's missing resume."""
 import pytest
 
 from shared.engine.config import load_config
-from shared.planner.core import with_overrides
 from shared.engine.train_loop import Run
+from shared.planner.core import with_overrides
 from tests.helpers import TRAINERS, metric_rows
 
 

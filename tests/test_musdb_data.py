@@ -7,9 +7,9 @@ import pytest
 import soundfile as sf
 
 import shared.data.musdb as musdb
-from shared.errors import DataError
 from shared.data.musdb import STEMS, MusdbDataset, RemixSampler
 from shared.data.synth_musdb import generate, main, synth_track, write_track
+from shared.errors import DataError
 
 SR = 8000
 SECONDS = 3.0

@@ -8,10 +8,10 @@ import soundfile as sf
 
 from shared.audio.fbank import CMVN, SpecAugment, fbank
 from shared.data import synth_s2ut
+from shared.data.s2ut import S2UTDataConfig
 from shared.data.s2ut import (BOS, EOS, BucketBatcher, FeatureCache, S2UTCorpus, S2UTDataset,
                               collate, eval_batches, filter_duration, fit_cmvn, read_manifest,
                               tokenizer_for, train_sentencepiece)
-from shared.data.s2ut import S2UTDataConfig
 from shared.engine.config import TrainConfig
 from shared.errors import ConfigError, DataError
 

@@ -11,8 +11,8 @@ import pytest
 
 from mlx_models.trainer import Trainer as MLXTrainer
 from shared.engine.config import TrainConfig, config_from_dict
-from shared.specs.lm import LMSpec, lm_init_weights
 from shared.engine.train_loop import Run
+from shared.specs.lm import LMSpec, lm_init_weights
 from tests.helpers import rel_err, TRAINERS
 
 SPEC = LMSpec(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,

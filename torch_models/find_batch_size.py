@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import torch
 
-from shared.planner.batch_finder import OutOfMemory, main
 from shared.errors import ConfigError
+from shared.planner.batch_finder import OutOfMemory, main
 from shared.planner.core import with_overrides
 from shared.tasks import random_batch
 from torch_models.trainer import Trainer

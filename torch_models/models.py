@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch_models.weights import get_weights, set_weights
 from shared.engine import model_io
+from torch_models.weights import get_weights, set_weights
 
 BACKEND = "torch"
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.specs.base import EMBEDDING, LINEAR, NORM, ParamSpec, count_params
 from shared.errors import SpecError
+from shared.specs.base import EMBEDDING, LINEAR, NORM, ParamSpec, count_params
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ import torch_models.echostream as tes
 import torch_models.models as tm
 from mlx_models.trainer import Trainer as MLXTrainer
 from shared.engine.config import TrainConfig
-from shared.registry import spec_from_dict
 from shared.errors import SpecError
+from shared.registry import spec_from_dict
 from shared.specs.echostream import (BOS, EOS, PAD, EchoStreamSpec, echostream_init_weights,
                                      echostream_manifest, echostream_param_counts, encoder_length,
                                      unit_id)
-from torch_models.trainer import Trainer as TorchTrainer
 from tests.helpers import assert_trees_match_manifest, rel_err, one_torch_thread  # noqa: F401  (an autouse fixture)
+from torch_models.trainer import Trainer as TorchTrainer
 
 
 def tiny_spec(**changes) -> EchoStreamSpec:

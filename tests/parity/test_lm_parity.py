@@ -15,8 +15,8 @@ import torch_models.models as tm
 from mlx_models.trainer import Trainer as MLXTrainer
 from shared.engine.config import TrainConfig
 from shared.specs.lm import lm_init_weights, lm_manifest
-from torch_models.trainer import Trainer as TorchTrainer
 from tests.helpers import rel_err
+from torch_models.trainer import Trainer as TorchTrainer
 
 
 def tokens(spec, batch=2, length=24, seed=0):
