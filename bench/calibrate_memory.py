@@ -1,5 +1,5 @@
 """Measure MLX training-step memory and fit the activation coefficients that
-shared/memory.py uses for the MLX backend. Rerun when MLX changes.
+shared/planner/<family>.py use for the MLX backend. Rerun when MLX changes.
 
     python bench/calibrate_memory.py --controlled fp32     # the method behind the numbers
     python bench/calibrate_memory.py --controlled bf16
@@ -90,7 +90,7 @@ def fit_mlx_coefficients(rows: list[dict]) -> dict:
     """Non-negative least squares, in two stages: per precision, the block and head
     coefficients on rows without checkpointing; then the two checkpointing parameters.
     The terms that are not activations (weights, AdamW, gradients, casts) are exact and
-    not fitted. Prints the coefficients to paste into shared/memory.py."""
+    not fitted. Prints the coefficients to paste into shared/planner/lm.py."""
     from scipy.optimize import nnls
 
     from shared.planner.core import MLX_LM_COEFFICIENTS
@@ -199,7 +199,7 @@ def controlled(precision: str) -> dict:
 
 def calibrate_family(family: str) -> dict:
     """Measure MLX's peak over the family's design and fit its coefficients in
-    shared/memory.py (non-negative least squares on the activation part: peak minus
+    shared/planner/<family>.py (non-negative least squares on the activation part: peak minus
     weights, AdamW state, gradients and buffers, rows weighted by 1 / activation bytes)."""
     import gc
 

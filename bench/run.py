@@ -355,7 +355,7 @@ def _serve(conn, name: str, threads: int | None) -> None:
 
 
 # ---------------------------------------------------------------------------- measuring
-# Substrings of a device name -> shared/hardware.py profile, for MFU.
+# Substrings of a device name -> shared/planner/hardware.py profile, for MFU.
 DEVICE_PROFILES = [("H100", "h100_80gb"), ("RTX PRO 6000", "rtx_pro_6000_96gb"),
                    ("RTX 5090", "rtx_32gb"), ("M4 Max", "m4max_36gb"), ("M2", "m2_8gb")]
 
@@ -612,7 +612,7 @@ def parse_args(argv=None):
                    default=[5.0, 60.0], help="EchoStream utterance lengths for per-chunk latency "
                                              "(default 5,60; empty: skip)")
     p.add_argument("--chunk-ms", type=int, default=320, help="EchoStream streaming chunk")
-    p.add_argument("--hardware", help="shared/hardware.py profile for MFU (default: detected)")
+    p.add_argument("--hardware", help="shared/planner/hardware.py profile for MFU (default: detected)")
     p.add_argument("--threads", type=int, help="CPU threads for torch and for MLX's BLAS; also sets "
                                                 "train.cpu_streams (MLX's parallel CPU parts) "
                                                 "(default: the libraries' own, all cores)")

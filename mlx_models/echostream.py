@@ -5,7 +5,7 @@ Mirrors torch_models/echostream.py: same classes, same attribute names, so both
 parameter trees flatten to the names in shared.specs.echostream.echostream_manifest.
 The architecture, the token ids and the attention masks are described (and the masks
 built, in numpy) in shared/specs/echostream.py. Every mask here is an explicit additive
-array: MLX's "causal" SDPA mask is aligned differently from torch's (DESIGN.md).
+array: MLX's "causal" SDPA mask is aligned differently from torch's (docs/architecture.md, "Two backends, mirrored").
 
 Streaming: `init_stream()`, then `stream_encode(chunk, state)` with any number of new
 feature frames, then `stream_finish(state)`; the frames they return, concatenated, are

@@ -1,6 +1,6 @@
 """The MLX side of the training loop: one optimizer step from numpy micro-batches.
 
-shared/train_loop.py owns the schedule, logging, evaluation and checkpoints; this file
+shared/engine/train_loop.py owns the schedule, logging, evaluation and checkpoints; this file
 only does what needs MLX: gradients, accumulation, clipping, the AdamW update.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ def set_random_key(words) -> None:
 
 
 def cpu_streams(train, family: str) -> int:
-    """Parts per micro-batch (shared/config.py: cpu_parts) on a CPU; 1 on a GPU. MLX runs
+    """Parts per micro-batch (shared/engine/config.py: cpu_parts) on a CPU; 1 on a GPU. MLX runs
     each stream's ops on a thread of its own, and on a CPU only its BLAS is multi-threaded:
     with one stream the element-wise ops, reductions and softmaxes leave the other cores
     idle. A part per core uses them (tiny LM on 2 cores: 340 -> 260 ms per step)."""

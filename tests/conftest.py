@@ -1,6 +1,6 @@
 import os
 
-# Parity needs true fp32 matmuls on both sides (DESIGN.md, parity conventions).
+# Parity needs true fp32 matmuls on both sides (docs/architecture.md, "Parity conventions").
 os.environ.setdefault("MLX_ENABLE_TF32", "0")
 
 # torch first: OpenBLAS loaded with RTLD_GLOBAL (mlx_models/blas.py) would otherwise also

@@ -1,4 +1,4 @@
-"""shared/metrics.py against hand-computable cases and an independent implementation.
+"""shared/eval/metrics.py against hand-computable cases and an independent implementation.
 
 The reference is mir_eval's BSS Eval (`mir_eval.separation.bss_eval_sources`, the Python
 port of the BSS Eval toolbox that museval extends). Its SDR is not the plain SDR: it

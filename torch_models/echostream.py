@@ -5,7 +5,7 @@ Mirrors mlx_models/echostream.py: same classes, same attribute names, so both pa
 trees flatten to the names in shared.specs.echostream.echostream_manifest. The
 architecture, the token ids and the attention masks are described (and the masks built,
 in numpy) in shared/specs/echostream.py. Every mask here is an explicit additive tensor
-(never `is_causal`, which is aligned differently from MLX's "causal"; DESIGN.md).
+(never `is_causal`, which is aligned differently from MLX's "causal"; docs/architecture.md).
 Activations are batch-first (B, T, D) as on the MLX side; only the subsampling convs see
 torch's channels-first layout.
 

@@ -1,6 +1,6 @@
 """The torch side of the training loop: one optimizer step from numpy micro-batches.
 
-shared/train_loop.py owns the schedule, logging, evaluation and checkpoints; this file
+shared/engine/train_loop.py owns the schedule, logging, evaluation and checkpoints; this file
 only does what needs torch: gradients, accumulation, clipping, the AdamW update.
 """
 from __future__ import annotations

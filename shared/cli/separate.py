@@ -3,7 +3,7 @@ separate a song of any length into stems with a trained separation checkpoint.
 
 The backend supplies `load(checkpoint) -> (run_chunks, config)`, where
 `run_chunks((N, C, T) float32) -> (N, S, C, T)`; reading and writing audio, chunking with
-cross-fades (shared/separation.py), the progress bar and the speed report live here.
+cross-fades (shared/audio/chunked.py), the progress bar and the speed report live here.
 """
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class HardwareConfig:
-    device: str = "cpu"   # a profile name (see shared/hardware.py); informs the planner
+    device: str = "cpu"   # a profile name (see shared/planner/hardware.py); informs the planner
 
     def validate(self):
         from shared.planner.hardware import get_profile

@@ -120,7 +120,7 @@ def test_group_norm_is_accurate_on_large_feature_maps(record):
 
 
 def test_si_sdr_loss_matches_shared_metric(spec):
-    """The training objective is shared/metrics.py's SI-SDR (channels scored together)."""
+    """The training objective is shared/eval/metrics.py's SI-SDR (channels scored together)."""
     from shared.eval.metrics import si_sdr
     data = batch(spec, seed=4)
     est = data["sources"] + 0.1 * np.random.default_rng(5).standard_normal(data["sources"].shape).astype(np.float32)
