@@ -14,8 +14,14 @@ from shared.engine.checkpoint import load_checkpoint
 from shared.engine.layout import backend_shape
 from torch_models.trainer import Trainer as TorchTrainer
 
-# Trainer classes by backend; torch pinned to the CPU so tests match on any machine.
-TRAINERS = {"mlx": MLXTrainer, "torch": lambda *a, **k: TorchTrainer(*a, **k, device="cpu")}
+class CPUTorchTrainer(TorchTrainer):
+    """torch pinned to the CPU, so tests match on any machine."""
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs, device="cpu")
+
+
+# Trainer classes by backend.
+TRAINERS = {"mlx": MLXTrainer, "torch": CPUTorchTrainer}
 
 
 def metric_rows(run_dir) -> list[dict]:

@@ -62,7 +62,7 @@ def test_a_fresh_process_resumes_it_from_the_run_directory(tmp_path):
     out = subprocess.run([sys.executable, "-m", "mlx_models.train", "--resume", str(tmp_path / "run"),
                           "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "done: 12 steps" in out.stderr
+    assert "done: 8 steps (resumed at step 4, now at 12)" in out.stderr
     assert (tmp_path / "run" / "checkpoints" / "step_00000012" / "model.safetensors").is_file()
 
 

@@ -20,6 +20,9 @@ def run_cli(main_fn: Callable[[], object], errors: tuple = USER_ERRORS) -> int:
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:   # a second Ctrl+C while training, or Ctrl+C anywhere else
+        print("aborted (Ctrl+C)", file=sys.stderr)
+        return 130
     return 0
 
 

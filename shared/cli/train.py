@@ -29,7 +29,12 @@ def parser(backend: str) -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR_OR_CKPT",
                    help="continue a run: its directory (newest checkpoint) or one checkpoint; "
                         "the run's saved config is used unless --config is given")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: a plain line every train.log_every steps (the default "
+                        "when stderr is not a terminal: a log file, a scheduler, CI)")
+    p.add_argument("--force", action="store_true",
+                   help="train even when the memory plan says the config does not fit "
+                        "hardware.device (by default such a run stops before any work)")
     return p
 
 
@@ -92,11 +97,15 @@ def train(args, backend: str, trainer_cls) -> None:
         config = load_config(args.config, args.overrides)
     out = run_directory(args, backend, ckpt)
     start = time.perf_counter()
-    run = Run(config, trainer_cls, out, resume=ckpt, progress=not args.no_progress)
+    run = Run(config, trainer_cls, out, resume=ckpt, progress=not args.no_progress, force=args.force)
     state = run.train()
     _, peak = run.memory_gb()
-    predicted = f" (planner predicted {run.predicted_peak / 1e9:.2f} GB)" if run.predicted_peak else ""
-    measured = "process RSS" if run.trainer.memory()[1] == 0 else "measured peak"
-    print(f"done: {state.step} steps in {time.perf_counter() - start:.1f}s, best val_loss "
-          f"{state.best_val_loss:.4f}, {measured} {peak:.2f} GB{predicted}; run directory {out}",
-          file=sys.stderr)
+    if run.memory_source == "rss":   # the whole process: not what the planner predicts
+        memory = f"process RSS {peak:.2f} GB (framework, data and Python included; no tensor statistics here)"
+    else:
+        predicted = f" (planner predicted {run.predicted_peak / 1e9:.2f} GB)" if run.predicted_peak else ""
+        memory = f"measured peak {peak:.2f} GB{predicted}"
+    trained = state.step - run.step_at_start
+    resumed = f" (resumed at step {run.step_at_start}, now at {state.step})" if run.step_at_start else ""
+    print(f"done: {trained} steps{resumed} in {time.perf_counter() - start:.1f}s, best val_loss "
+          f"{state.best_val_loss:.4f}, {memory}; run directory {out}", file=sys.stderr)

@@ -120,6 +120,22 @@ def _resumable_weights(ckpt: Path, config: RunConfig) -> dict[str, np.ndarray]:
     return weights
 
 
+def format_memory(current_gb: float, peak_gb: float, source: str) -> str:
+    """"mem=180/200MB" or "mem=2.1/3.4GB" (the framework's tensors, current/peak), or
+    "rss=540MB" (the whole process, where the framework keeps no statistics)."""
+    if source == "rss":
+        return f"rss={current_gb * 1000:.0f}MB" if current_gb < 1 else f"rss={current_gb:.2f}GB"
+    if peak_gb < 1:
+        return f"mem={current_gb * 1000:.0f}/{peak_gb * 1000:.0f}MB"
+    return f"mem={current_gb:.1f}/{peak_gb:.1f}GB"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
 def _row_step(line: str) -> float:
     """A metrics row's step; a line cut short by a killed run counts as after every step."""
     try:
@@ -129,22 +145,27 @@ def _row_step(line: str) -> float:
 
 
 class Run:
+    """A training run in a run directory. `progress`: a progress bar when stderr is a
+    terminal; otherwise (and with progress=False) a plain line every train.log_every steps.
+    `force`: train even when the memory plan says the config does not fit the device."""
+
     def __init__(self, config: RunConfig, trainer_cls, out_dir: str | Path,
                  resume: str | Path | None = None, rank: int = 0, world_size: int = 1,
-                 progress: bool = True):
+                 progress: bool = True, force: bool = False):
         self.config, self.out = config, Path(out_dir)
-        self.rank, self.world_size, self.progress = rank, world_size, progress
+        self.rank, self.world_size = rank, world_size
+        self.progress = progress and sys.stderr.isatty()
         tc = config.train
         weights = None
         if resume is not None:  # checked before any data is built
             ckpt = find_checkpoint(resume)
             weights = _resumable_weights(ckpt, config)
+        self.predicted_peak = self._check_memory_plan(trainer_cls.backend, force)
         self.task = make_task(config, self.out, rank, world_size)
         self.state = TrainState()
         self.trainer = trainer_cls(config.model, tc, weights)
         if resume is not None:
             self._restore(ckpt)
-        self.predicted_peak = self._log_memory_plan()
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         self._interrupted = False
@@ -208,19 +229,35 @@ class Run:
         for old in steps[:-self.config.train.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def _log_memory_plan(self) -> float | None:
-        """Say before the first step what the planner expects (python -m shared.plan)."""
+    def _check_memory_plan(self, backend: str, force: bool) -> float | None:
+        """Say before any work what the planner expects (python -m shared.plan), and stop
+        when it does not fit the device, with the cheapest changes that do: a run that does
+        not fit is killed by the system minutes later, with no message and no checkpoint."""
+        from shared.planner.core import GB, budget_bytes, plan, suggestions
         from shared.planner.hardware import get_profile
-        from shared.planner.core import GB, budget_bytes, plan
+
         try:
-            p = plan(self.config, self.trainer.backend)
+            p = plan(self.config, backend)
         except ValueError:
             return None
         profile = get_profile(self.config.hardware.device)
-        verdict = "fits" if p.peak_bytes <= budget_bytes(profile) else "DOES NOT FIT"
-        self.log(f"memory plan: predicted peak {p.peak_bytes / GB:.2f} GB on {self.trainer.backend}; "
-                 f"{verdict} {profile.name} ({budget_bytes(profile) / GB:.1f} GB budget); "
+        budget = budget_bytes(profile)
+        fits = p.peak_bytes <= budget
+        self.log(f"memory plan: predicted peak {p.peak_bytes / GB:.2f} GB on {backend}; "
+                 f"{'fits' if fits else 'DOES NOT FIT'} {profile.name} ({budget / GB:.1f} GB budget); "
                  f"largest tensor: {p.largest.name} {p.largest.shape}")
+        if not fits and not force:
+            fitting = [s for s in suggestions(self.config, backend) if s.peak_bytes <= budget][:3]
+            for s in fitting:
+                overrides = " ".join(f"{k}={v}" for k, v in s.overrides.items())
+                self.log(f"  fits: {s.change} ({s.peak_bytes / GB:.2f} GB): {overrides}")
+            raise ConfigError(f"the memory plan needs {p.peak_bytes / GB:.2f} GB, more than the "
+                              f"{budget / GB:.1f} GB budget of hardware.device={profile.name}; "
+                              f"{'apply a change above, ' if fitting else ''}or let the planner fit "
+                              f"the config: python -m shared.plan --config CONFIG --device "
+                              f"{profile.name} --fit (--force trains anyway)")
+        if not fits:
+            self.log("--force: training although the plan does not fit")
         return p.peak_bytes
 
     # ------------------------------------------------------------------ logging
@@ -237,10 +274,18 @@ class Run:
                 f.write(json.dumps(row) + "\n")
 
     def memory_gb(self) -> tuple[float, float]:
+        """(current, peak) GB: the framework's allocator statistics, or the process RSS where
+        it keeps none (torch on a CPU; see memory_source)."""
         current, peak = self.trainer.memory()
         if peak == 0:
             current, peak = process_memory()
         return current / 1e9, peak / 1e9
+
+    @property
+    def memory_source(self) -> str:
+        """What memory_gb() measures: "rss" (the whole process: the framework, the data,
+        Python) or "tensors" (the framework's training tensors, what the planner predicts)."""
+        return "rss" if self.trainer.memory()[1] == 0 else "tensors"
 
     # ------------------------------------------------------------------ the loop
     def evaluate(self) -> dict:
@@ -262,6 +307,7 @@ class Run:
         previous = signal.signal(signal.SIGINT, self._on_interrupt)
         bar = self._bar(st.step)
         window_start, window_tokens = time.perf_counter(), 0
+        run_start = window_start
         try:
             if st.step == 0:
                 self.record(self.evaluate())
@@ -281,10 +327,13 @@ class Run:
                                  "grad_norm": result["grad_norm"]})
                     if st.bad_steps_in_row >= tc.max_bad_steps:
                         # The skipped steps changed nothing: the last checkpoint is the state.
+                        saved = any((self.out / "checkpoints").glob("step_*"))
+                        again = (f"and resume (--resume {self.out})" if saved else
+                                 "and start again (no checkpoint was saved)")
                         raise ConfigError(f"training stopped at step {st.step}: "
                                           f"{st.bad_steps_in_row} non-finite steps in a row "
                                           f"(train.max_bad_steps); lower train.learning_rate or "
-                                          f"use train.precision=fp32, and resume")
+                                          f"use train.precision=fp32, {again}")
                 else:
                     st.bad_steps_in_row = 0
                 if st.step % tc.log_every == 0 or st.step == tc.max_steps:
@@ -295,10 +344,15 @@ class Run:
                            rate_key: window_tokens / max(elapsed, 1e-9),
                            "mem_gb": round(mem, 3), "peak_mem_gb": round(peak, 3)}
                     self.record(row)
+                    memory = format_memory(mem, peak, self.memory_source)
                     if bar is not None:
                         bar.set_postfix_str(f"loss={row['loss']:.4f}, lr={lr:.6f}, "
-                                            f"{rate_label}={row[rate_key]:.1f}, "
-                                            f"mem={mem:.1f}/{peak:.1f}GB")
+                                            f"{rate_label}={row[rate_key]:.1f}, {memory}")
+                    else:   # a log file, a scheduler, CI: one plain line, no carriage returns
+                        done, left = st.step - self.step_at_start, last - st.step
+                        eta = (time.perf_counter() - run_start) / max(done, 1) * left
+                        self.log(f"step {st.step}/{tc.max_steps} | loss {row['loss']:.4f} | lr {lr:.2e} | "
+                                 f"{row[rate_key]:.1f} {rate_label} | {memory} | eta {format_duration(eta)}")
                     window_start, window_tokens = time.perf_counter(), 0
                 if bar is not None:
                     bar.update(1)
