@@ -1,0 +1,259 @@
+"""The benchmarked frameworks: a Backend base class with the timing loops (training blocks,
+generation, separation, streaming) and its MLX and torch subclasses, which build the trainer
+and models and set up threads and describe their environment. Each runs in a Worker process."""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from shared.engine.config import RunConfig
+from shared.engine.sampling import sample_next
+
+from measure import spread
+
+
+# ---------------------------------------------------------------------------- backends
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class Backend:
+    """One framework, driven from the bench's main process through a Worker. Subclasses
+    supply the framework specifics; the timing loops are here, once."""
+    name: str
+
+    def start(self, config: RunConfig, warmup: list[list[np.ndarray]], lr: float) -> str:
+        """Build the trainer and run the untimed warm-up steps; return the device."""
+        self.trainer = self.make_trainer(config)
+        for micro in warmup:     # compilation and allocator growth happen here
+            self.trainer.train_step(micro, lr)
+        self.sync()
+        return self.device()
+
+    def block(self, steps: list[list[np.ndarray]], lr: float) -> tuple[float, int]:
+        """Seconds per optimizer step over `steps`, and the peak memory meanwhile (0: the
+        framework keeps no statistics here: torch on CPU)."""
+        self.sync()
+        self.reset_peak_memory()
+        start = time.perf_counter()
+        for micro in steps:
+            if self.trainer.train_step(micro, lr)["skipped"]:
+                raise RuntimeError("non-finite loss or gradient")
+        self.sync()
+        return (time.perf_counter() - start) / len(steps), self.trainer.memory()[1]
+
+    def finish(self) -> None:
+        self.trainer = None
+
+    def parallel_parts(self) -> int:
+        """Parts each micro-batch is split into, computed in parallel (MLX on a CPU)."""
+        return 1
+
+    def generate(self, decoder: str, spec, seed: int, prompt: np.ndarray, new: int,
+                 repeats: int) -> dict:
+        """Prefill `prompt`, then decode `new` tokens greedily through the KV cache, timing
+        both; the first of repeats + 1 runs is the warm-up."""
+        start_decoder = getattr(self, decoder)(spec, seed)
+        greedy = np.random.default_rng(0)   # sample_next wants one; unused at temperature 0
+        prefill, decode = [], []
+        for rep in range(repeats + 1):
+            next_logits = start_decoder()   # a fresh cache
+            t0 = time.perf_counter()
+            logits = next_logits(prompt)
+            t1 = time.perf_counter()
+            for _ in range(new):
+                logits = next_logits(np.array([[sample_next(logits, 0.0, 1.0, greedy)]], np.int32))
+            t2 = time.perf_counter()
+            if rep:
+                prefill.append(prompt.shape[1] / (t1 - t0))
+                decode.append(new / (t2 - t1))
+        return {"prompt_tokens": prompt.shape[1], "new_tokens": new,
+                "prefill_tokens_per_s": spread(prefill), "decode_tokens_per_s": spread(decode),
+                "metric": "decode tokens/s", "value": spread(decode)}
+
+    def separation(self, spec, seed: int, mixture: np.ndarray, chunk: int, sample_rate: int,
+                   repeats: int) -> dict:
+        """Separate `mixture` (C, T) chunk by chunk with overlap-add, as the separate CLI
+        does; seconds of audio per second. The first of repeats + 1 runs is the warm-up."""
+        from shared.audio.chunked import separate
+        run_chunks = self.chunk_runner(self.models.build_model(spec, seed))
+        speed = []
+        for rep in range(repeats + 1):
+            self.sync()
+            t0 = time.perf_counter()
+            separate(mixture, run_chunks, chunk)
+            self.sync()
+            if rep:
+                speed.append(mixture.shape[1] / sample_rate / (time.perf_counter() - t0))
+        return {"audio_seconds": mixture.shape[1] / sample_rate, "chunk_seconds": chunk / sample_rate,
+                "metric": "x real time", "value": spread(speed)}
+
+    def streaming(self, spec, seed: int, utterance_seconds: list[float], chunk_ms: int,
+                  repeats: int, sample_rate: int) -> dict:
+        """Per-chunk latency of streaming translation (as the stream CLI: features, the
+        Emformer step, the CTC heads) for utterances of each length: the encoder's cost
+        per chunk must not grow with the utterance. First of repeats + 1 runs: warm-up."""
+        from shared.audio.fbank import CMVN
+        from shared.cli.stream import stream
+        model = self.models.build_model(spec, seed)
+        identity = CMVN(np.zeros(spec.n_mels), np.ones(spec.n_mels))
+        rng = np.random.default_rng(seed)
+        by_length = {}
+        for seconds in utterance_seconds:
+            audio = (0.1 * rng.standard_normal(int(seconds * sample_rate))).astype(np.float32)
+            chunk_ms_runs, encoder_ms_runs, last_ms_runs = [], [], []
+            for rep in range(repeats + 1):
+                timing = stream(self.stream_session(model), audio, identity,
+                                sample_rate * chunk_ms // 1000, sample_rate=sample_rate)
+                if rep:
+                    chunk_ms_runs.append(statistics.mean(timing["chunk_ms"]))
+                    encoder_ms_runs.append(statistics.mean(timing["encoder_ms"]))
+                    # The last tenth of the chunks: where a prefix-recomputing encoder is slowest.
+                    tail = timing["encoder_ms"][-max(1, len(timing["encoder_ms"]) // 10):]
+                    last_ms_runs.append(statistics.mean(tail))
+            by_length[f"{seconds:g}s"] = {"chunks": timing["chunks"], "chunk_ms": spread(chunk_ms_runs),
+                                          "encoder_ms": spread(encoder_ms_runs),
+                                          "encoder_ms_last_tenth": spread(last_ms_runs)}
+        longest = by_length[f"{max(utterance_seconds):g}s"]
+        return {"chunk_ms_setting": chunk_ms, "by_utterance_length": by_length,
+                "metric": f"ms/chunk ({max(utterance_seconds):g} s utterance)",
+                "value": longest["chunk_ms"]}
+
+
+class MLXBackend(Backend):
+    name = "mlx"
+
+    def __init__(self):
+        import mlx_models  # noqa: F401  -- loads OpenBLAS before mlx.core (Linux)
+        import mlx.core as mx
+        from mlx_models import models
+        from mlx_models.blas import blas_thread_count
+        from mlx_models.trainer import Trainer
+        self.mx, self.models, self.Trainer = mx, models, Trainer
+        self.blas_threads = blas_thread_count()
+
+    def device(self) -> str:
+        if self.mx.default_device() == self.mx.cpu:
+            return f"cpu: {cpu_name()}"
+        info = getattr(self.mx, "device_info", None) or self.mx.metal.device_info
+        return f"gpu: {info().get('device_name', 'Metal')}"
+
+    def make_trainer(self, config: RunConfig):
+        return self.Trainer(config.model, config.train)
+
+    def sync(self) -> None:
+        self.mx.synchronize()  # train_step already evaluates; kept for symmetry
+
+    def reset_peak_memory(self) -> None:
+        self.mx.reset_peak_memory()
+
+    def set_threads(self, n: int) -> None:
+        """MLX's own CPU ops run on one thread per stream; only its BLAS is threaded. (The
+        trainer's parallel parts: --threads sets train.cpu_streams too.)"""
+        from mlx_models.blas import set_blas_threads
+        set_blas_threads(n)
+        self.blas_threads = n
+
+    def parallel_parts(self) -> int:
+        return self.trainer.parallel_parts
+
+    def finish(self) -> None:
+        """The trainer set one BLAS thread per parallel part for the process; inference
+        (timed next) gets the bench's own count back."""
+        from mlx_models.blas import set_blas_threads
+        super().finish()
+        set_blas_threads(self.blas_threads)
+
+    def environment(self) -> dict:
+        import ctypes
+        import mlx_models.blas as blas
+        info = {"version": self.mx.__version__, "device": self.device(), "blas": blas.BLAS_IN_USE}
+        lib = blas.openblas()
+        if lib is not None:
+            lib.openblas_get_config.restype = ctypes.c_char_p
+            info["blas_config"] = lib.openblas_get_config().decode()
+            info["blas_threads"] = lib.openblas_get_num_threads()
+        return info
+
+    def lm_decoder(self, spec, seed: int):
+        """Fresh-cache decoders over the spec's initial weights (as mlx_models.generate)."""
+        from mlx_models.generate import decoder
+        model = self.models.build_model(spec, seed)
+        model.eval()
+        return lambda: decoder(model)
+
+    def chunk_runner(self, model):
+        from mlx_models.separate import chunk_runner
+        return chunk_runner(model)
+
+    def stream_session(self, model):
+        from mlx_models.stream import StreamSession
+        model.eval()
+        return StreamSession(model)
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self):
+        import torch
+        from torch_models import models
+        from torch_models.trainer import Trainer, default_device
+        self.torch, self.models, self.Trainer = torch, models, Trainer
+        self.dev = default_device()
+
+    def device(self) -> str:
+        if self.dev.type == "cuda":
+            return f"cuda: {self.torch.cuda.get_device_name(self.dev)}"
+        return f"cpu: {cpu_name()}"
+
+    def make_trainer(self, config: RunConfig):
+        return self.Trainer(config.model, config.train, device=self.dev)
+
+    def sync(self) -> None:
+        if self.dev.type == "cuda":
+            self.torch.cuda.synchronize(self.dev)
+
+    def reset_peak_memory(self) -> None:
+        if self.dev.type == "cuda":
+            self.torch.cuda.reset_peak_memory_stats(self.dev)
+
+    def set_threads(self, n: int) -> None:
+        self.torch.set_num_threads(n)
+
+    def environment(self) -> dict:
+        torch = self.torch
+        return {"version": torch.__version__, "cuda": torch.version.cuda, "device": self.device(),
+                "num_threads": torch.get_num_threads(),
+                "num_interop_threads": torch.get_num_interop_threads(),
+                "mkldnn": torch.backends.mkldnn.is_available(),
+                "mkl": torch.backends.mkl.is_available(),
+                "config": torch.__config__.show(),
+                "parallel_info": torch.__config__.parallel_info()}
+
+    def lm_decoder(self, spec, seed: int):
+        """Fresh-cache decoders over the spec's initial weights (as torch_models.generate)."""
+        from torch_models.generate import decoder
+        model = self.models.build_model(spec, seed).to(self.dev).eval()
+        return lambda: decoder(model, self.dev)
+
+    def chunk_runner(self, model):
+        from torch_models.separate import chunk_runner
+        return chunk_runner(model, self.dev)
+
+    def stream_session(self, model):
+        from torch_models.stream import StreamSession
+        return StreamSession(model.to(self.dev).eval(), self.dev)
+
+
+BACKENDS = {"mlx": MLXBackend, "torch": TorchBackend}
