@@ -30,8 +30,10 @@ def metric_rows(run_dir) -> list[dict]:
 
 
 def rel_err(a, b) -> float:
-    """max |a - b| / max |b|: the error relative to the tensor's scale."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    """max |a - b| / max |b|: the error relative to the tensor's scale (complex values are
+    compared as complex numbers, real and imaginary parts both)."""
+    dtype = np.complex128 if np.iscomplexobj(a) or np.iscomplexobj(b) else np.float64
+    a, b = np.asarray(a, dtype), np.asarray(b, dtype)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 

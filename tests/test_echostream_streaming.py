@@ -58,16 +58,21 @@ def chunks(n_frames: int, chunk):
         start = stop
 
 
+def as_numpy(frames) -> np.ndarray:
+    """torch tensors through .numpy(): numpy 2's np.array(tensor) warns about the copy keyword."""
+    return frames.detach().numpy() if isinstance(frames, torch.Tensor) else np.array(frames)
+
+
 def stream_encode(backend, model, features: np.ndarray, chunk, check_state=None) -> np.ndarray:
     state, outputs = model.init_stream(), []
     for start, stop in chunks(features.shape[1], chunk):
         piece = features[:, start:stop]
         frames, state = model.stream_encode(mx.array(piece) if backend == "mlx" else torch.from_numpy(piece), state)
-        outputs.append(np.array(frames))
+        outputs.append(as_numpy(frames))
         if check_state:
             check_state(state)
     frames, state = model.stream_finish(state)
-    outputs.append(np.array(frames))
+    outputs.append(as_numpy(frames))
     return np.concatenate(outputs, axis=1)[0]
 
 
