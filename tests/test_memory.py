@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from memory_accuracy import SCALED, measure_peak, scaled_config  # noqa: E402
 
-from shared.planner.batch_finder import OutOfMemory, find_max_batch
+from shared.planner.batch_finder import OutOfMemory, find_max_batch, planned_max_batch
 from shared.engine.config import load_config
 from shared.planner.hardware import get_profile
 from shared.planner.core import GB, budget_bytes, fit, plan, suggestions, with_overrides
@@ -179,11 +179,23 @@ def test_find_max_batch_search():
     assert find_max_batch(lambda b: 100.0, budget=1.0, limit=8)[0] == 0
 
 
+def test_planned_max_batch_is_the_planners_own_answer():
+    config = load_config(ROOT / "configs/tiny.yaml", ["model.num_layers=2"])
+    budget = 0.06 * GB
+    best = planned_max_batch(config, "mlx", budget)
+    at = lambda b: plan(with_overrides(config, {"train.batch_size": b,  # noqa: E731
+                                                "train.gradient_accumulation_steps": 1}), "mlx").peak_bytes
+    assert best >= 1 and at(best) <= budget < at(best + 1)
+
+
 def test_mlx_batch_finder_probes_real_steps():
+    """No --max-batch: the search stops at twice the planner's answer instead of 1024."""
     r = subprocess.run([sys.executable, "-m", "mlx_models.find_batch_size", "--budget-gb", "0.06",
-                        "--max-batch", "16", "model.num_layers=2"], capture_output=True, text=True,
-                       cwd=ROOT, timeout=300)
+                        "model.num_layers=2"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
+    bound = int(r.stderr.split("probing up to ")[1].split()[0])
+    probed = [int(line.split()[1].rstrip(":")) for line in r.stderr.splitlines() if line.startswith("  batch")]
+    assert bound < 1024 and max(probed) <= bound
     assert "largest micro-batch:" in r.stdout and "planner predicted" in r.stdout
     best = int(r.stdout.split("largest micro-batch:")[1].split()[0])
     config = with_overrides(load_config(ROOT / "configs/tiny.yaml"),

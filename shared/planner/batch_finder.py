@@ -56,6 +56,15 @@ def find_max_batch(probe: Callable[[int], float], budget: float, limit: int,
     return good, peaks
 
 
+def planned_max_batch(config, backend: str, budget: float, limit: int = 1 << 20) -> int:
+    """The largest micro-batch (<= limit) whose planned peak fits `budget`; 0 if none does.
+    Planning is arithmetic, so this costs milliseconds where a probe costs a training step."""
+    def fits(b: int) -> bool:
+        candidate = with_overrides(config, {"train.batch_size": b, "train.gradient_accumulation_steps": 1})
+        return plan(candidate, backend).peak_bytes <= budget
+    return find_max_batch(lambda b: 0.0 if fits(b) else budget + 1, budget, limit)[0]
+
+
 def main(backend: str, make_probe, argv=None) -> int:
     p = argparse.ArgumentParser(
         prog=f"python -m {backend}_models.find_batch_size",
@@ -65,19 +74,29 @@ def main(backend: str, make_probe, argv=None) -> int:
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     p.add_argument("--budget-gb", type=float,
                    help="memory budget (default: the config's hardware profile, with margin)")
-    p.add_argument("--max-batch", type=int, default=1024)
+    p.add_argument("--max-batch", type=int,
+                   help="largest micro-batch to probe (default: twice what the memory planner "
+                        "predicts fits the budget, at most 1024)")
     args = p.parse_intermixed_args(argv)
 
     def run():
-        if (args.budget_gb is not None and not args.budget_gb > 0) or args.max_batch < 1:
+        if (args.budget_gb is not None and not args.budget_gb > 0) or (
+                args.max_batch is not None and args.max_batch < 1):
             raise ConfigError("--budget-gb must be > 0 and --max-batch >= 1")
         config = load_config(args.config, args.overrides)
         budget = args.budget_gb * GB if args.budget_gb is not None else budget_bytes(get_profile(config.hardware.device))
         probe = make_probe(config)   # says first if this backend cannot probe here
+        # The planner is within ~10 % of measured peaks: probing past twice its answer would
+        # spend minutes and gigabytes on batches that cannot fit.
+        limit = args.max_batch
+        if limit is None:
+            planned = planned_max_batch(config, backend, budget, 1024)
+            limit = min(1024, max(2, 2 * planned))
+            print(f"the memory planner predicts micro-batch {planned} fits: probing up to {limit} "
+                  f"(--max-batch to probe further)", file=sys.stderr)
         print(f"probing {backend} micro-batches for {args.config or 'configs/tiny.yaml'}, budget "
               f"{budget / GB:.2f} GB (full steps: forward, backward, AdamW)", file=sys.stderr)
-        best, peaks = find_max_batch(probe, budget, args.max_batch,
-                                     log=lambda m: print(m, file=sys.stderr))
+        best, peaks = find_max_batch(probe, budget, limit, log=lambda m: print(m, file=sys.stderr))
         if best == 0:
             raise ConfigError(f"even batch 1 needs {peaks.get(1, float('nan')) / GB:.2f} GB of "
                               f"{budget / GB:.2f} GB; turn on train.gradient_checkpointing, use "
@@ -86,7 +105,7 @@ def main(backend: str, make_probe, argv=None) -> int:
         micro = max(d for d in range(1, min(best, effective) + 1) if effective % d == 0)
         predicted = plan(with_overrides(config, {"train.batch_size": best,
                                                  "train.gradient_accumulation_steps": 1}), backend)
-        capped = " -- the --max-batch cap: more may fit" if best == args.max_batch else ""
+        capped = f" -- the search's bound ({limit}): more may fit, try --max-batch {2 * limit}" if best == limit else ""
         print(f"largest micro-batch: {best}{capped} (measured peak {peaks[best] / GB:.3f} GB; planner "
               f"predicted {predicted.peak_bytes / GB:.3f} GB)")
         print(f"for the effective batch {effective}: train.batch_size={micro} "
