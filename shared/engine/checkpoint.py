@@ -10,7 +10,6 @@ leaves a half-written checkpoint and never destroys the previous one.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+import safetensors
+import safetensors.numpy
 import yaml
 
 from shared.errors import CheckpointError, SpecError
@@ -39,65 +40,39 @@ _ST_TO_DTYPE = {v: k for k, v in _DTYPE_TO_ST.items()}
 # ---------------------------------------------------------------- safetensors files
 def save_safetensors(path: str | Path, tensors: dict[str, np.ndarray],
                      metadata: dict[str, str] | None = None) -> None:
-    """Write the safetensors format: an 8-byte little-endian header length, a JSON header
-    (dtype, shape, byte offsets per tensor), then the raw bytes back to back.
+    """Write a safetensors file through safetensors' own numpy API (bf16 arrays of
+    ml_dtypes are written as BF16, bit for bit).
 
-    Written here rather than through the safetensors package, whose writer API changed
-    between releases (dicts before 0.8, raw-pointer TensorSpec after); the tests read our
-    files back with safetensors' own reader."""
-    header, offset, arrays = {}, 0, []
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    The library writes an array's memory as it lies, so every array is made C-contiguous
+    first (a transposed view would otherwise be stored with the wrong element order)."""
+    arrays = {}
     for name, array in tensors.items():
         array = np.asarray(array, order="C")  # (ascontiguousarray would turn 0-d into 1-d)
         if array.dtype not in _DTYPE_TO_ST:
             raise CheckpointError(f"cannot store {name!r}: unsupported dtype {array.dtype}")
-        header[name] = {"dtype": _DTYPE_TO_ST[array.dtype], "shape": list(array.shape),
-                        "data_offsets": [offset, offset + array.nbytes]}
-        offset += array.nbytes
-        arrays.append(array)
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned
-    with open(path, "wb") as f:
-        f.write(len(blob).to_bytes(8, "little"))
-        f.write(blob)
-        for array in arrays:
-            f.write(array.tobytes())
+        arrays[name] = array
+    meta = {str(k): str(v) for k, v in metadata.items()} if metadata else None
+    safetensors.numpy.save_file(arrays, path, metadata=meta)
 
 
 def load_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a safetensors file into numpy arrays (memory-mapped, copy-on-access).
-    Handles BF16, which safetensors' own numpy reader cannot."""
+    """Read a safetensors file into numpy arrays with safetensors' own reader, which gives
+    BF16 as ml_dtypes.bfloat16 (ml_dtypes is imported above, so numpy knows the name).
+    A damaged or unreadable file raises CheckpointError naming it."""
     path = Path(path)
     def unreadable(why: str) -> CheckpointError:
         return CheckpointError(f"{path}: not a readable safetensors file ({why}); "
                                f"re-save it or point at another checkpoint")
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            header_len = int.from_bytes(f.read(8), "little")
-            if size < 8 or header_len > size - 8:
-                raise unreadable(f"header length {header_len} exceeds file size {size}")
-            header = json.loads(f.read(header_len))
-    except OSError as e:
+        with safetensors.safe_open(str(path), framework="np") as f:
+            names = list(f.keys())
+            for name in names:
+                dtype = f.get_slice(name).get_dtype()
+                if dtype not in _ST_TO_DTYPE:
+                    raise unreadable(f"tensor {name!r} has unsupported dtype {dtype}")
+            return {name: f.get_tensor(name) for name in names}
+    except (safetensors.SafetensorError, OSError) as e:
         raise unreadable(str(e)) from None
-    except ValueError:
-        raise unreadable("header is not JSON") from None
-    header.pop("__metadata__", None)
-    data_size = size - 8 - header_len
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len) if data_size else None
-    tensors = {}
-    for name, info in header.items():
-        dtype = _ST_TO_DTYPE.get(info.get("dtype"))
-        if dtype is None:
-            raise unreadable(f"tensor {name!r} has unsupported dtype {info.get('dtype')}")
-        start, end = info["data_offsets"]
-        count = int(np.prod(info["shape"], dtype=np.int64))
-        if not 0 <= start <= end <= data_size or end - start != count * dtype.itemsize:
-            raise unreadable(f"tensor {name!r} has inconsistent byte offsets (truncated file?)")
-        raw = data[start:end] if count else np.zeros(0, np.uint8)
-        tensors[name] = np.asarray(raw).view(dtype).reshape(info["shape"])
-    return tensors
 
 
 # ---------------------------------------------------------------- checkpoint directories
