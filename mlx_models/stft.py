@@ -5,9 +5,13 @@ periodic Hann window of length n_fft, `center=True` with reflect padding of n_ff
 both sides, no normalisation, one-sided spectrum laid out as (..., freq, frames) with
 freq = n_fft // 2 + 1. Any leading batch shape; any hop <= n_fft, odd sizes included.
 
-Built from differentiable MLX ops only (pad, gather, rfft/irfft, pad-and-add), so
-gradients flow through both directions; tests/parity/test_stft.py checks values, perfect
-reconstruction and gradients against torch.
+The transforms are MLX's own mx.fft.stft / mx.fft.istft (mlx >= 0.32.4), built from
+differentiable ops, so gradients flow through both directions. This module adds what
+they leave out and torch checks: hop <= n_fft, a window of exactly n_fft samples (MLX
+would centre a shorter one), a signal longer than the reflect padding, and NOLA in
+istft (MLX divides by max(envelope, 1e-8) instead of refusing).
+tests/parity/test_stft.py checks values, perfect reconstruction and gradients against
+torch.
 """
 from __future__ import annotations
 
@@ -41,33 +45,13 @@ def stft(x: mx.array, n_fft: int, hop: int, window: mx.array | None = None) -> m
     """(..., time) real -> (..., n_fft // 2 + 1, frames) complex64, frames = 1 + time // hop
     for even n_fft (the torch.stft(center=True, return_complex=True) layout)."""
     window = mx.array(_window(n_fft, hop, window))
-    *lead, length = x.shape
+    length = x.shape[-1]
     pad = n_fft // 2
     if length <= pad:  # torch's reflect padding has the same limit
         raise ValueError(f"signal of {length} samples is too short for n_fft={n_fft}: "
                          f"reflect padding needs more than n_fft // 2 = {pad} samples")
-    x = x.reshape(-1, length)
-    x = mx.pad(x, [(0, 0), (pad, pad)], mode="reflect")  # numpy 'reflect' = torch 'reflect'
-    n_frames = 1 + (x.shape[-1] - n_fft) // hop
-    # Frames by index arithmetic: one gather of (frames, n_fft) positions. Its gradient is
-    # a scatter-add, which is exactly the overlap-add the backward pass needs.
-    starts = mx.arange(n_frames)[:, None] * hop
-    frames = x[:, starts + mx.arange(n_fft)[None, :]] * window      # (B, frames, n_fft)
-    spec = mx.fft.rfft(frames, axis=-1)                                # (B, frames, freq)
-    return spec.transpose(0, 2, 1).reshape(*lead, n_fft // 2 + 1, n_frames)
-
-
-def overlap_add(frames: mx.array, hop: int) -> mx.array:
-    """(B, frames, n) -> (B, (frames - 1) * hop + n): frame t added at sample t * hop.
-
-    Written as pads and adds rather than a scatter: cut each frame (zero-padded to R * hop)
-    into R hop-sized pieces; piece r of frame t lands in output block t + r, so the output
-    is the sum over r of piece r shifted by r blocks."""
-    B, n_frames, n = frames.shape
-    R = -(-n // hop)
-    pieces = mx.pad(frames, [(0, 0), (0, 0), (0, R * hop - n)]).reshape(B, n_frames, R, hop)
-    out = sum(mx.pad(pieces[:, :, r], [(0, 0), (r, R - 1 - r), (0, 0)]) for r in range(R))
-    return out.reshape(B, -1)[:, :(n_frames - 1) * hop + n]
+    return mx.fft.stft(x, n_fft=n_fft, hop_length=hop, window=window, center=True,
+                       pad_mode="reflect", norm="backward", onesided=True)
 
 
 def _envelope(window: np.ndarray, hop: int, n_frames: int) -> np.ndarray:
@@ -84,20 +68,15 @@ def istft(spec: mx.array, n_fft: int, hop: int, length: int,
     divided by the overlap-added squared window, as torch.istft(center=True) does. Samples
     past the last frame (a `length` longer than the frames cover) are zeros, as in torch."""
     window = _window(n_fft, hop, window)
-    *lead, n_freq, n_frames = spec.shape
+    n_freq, n_frames = spec.shape[-2:]
     if n_freq != n_fft // 2 + 1:
         raise ValueError(f"spectrum has {n_freq} bins, n_fft={n_fft} needs {n_fft // 2 + 1}")
-    spec = spec.reshape(-1, n_freq, n_frames).transpose(0, 2, 1)     # (B, frames, freq)
-    frames = mx.fft.irfft(spec, n=n_fft, axis=-1) * mx.array(window)  # (B, frames, n_fft)
-    y = overlap_add(frames, hop)
+    # torch's NOLA check, same bound, on the part of the envelope the output keeps. The
+    # envelope depends only on the window and sizes, so it is checked without the graph.
     start = n_fft // 2
-    stop = min(start + length, y.shape[-1])
-    # The squared-window envelope depends only on the window and sizes, never on the data.
-    envelope = _envelope(window, hop, n_frames)[start:stop]
-    if envelope.size and envelope.min() < 1e-11:  # torch's NOLA check, same bound
+    envelope = _envelope(window, hop, n_frames)[start:start + length]
+    if envelope.size and envelope.min() < 1e-11:
         raise ValueError(f"window overlap-add is zero somewhere (n_fft={n_fft}, hop={hop}): "
                          f"the window does not satisfy NOLA, the signal cannot be recovered")
-    y = y[:, start:stop] / mx.array(envelope.astype(np.float32))
-    if stop - start < length:
-        y = mx.pad(y, [(0, 0), (0, length - (stop - start))])
-    return y.reshape(*lead, length)
+    return mx.fft.istft(spec, n_fft=n_fft, hop_length=hop, window=mx.array(window),
+                        center=True, norm="backward", onesided=True, length=length)
