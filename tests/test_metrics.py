@@ -186,6 +186,46 @@ def test_edit_distance_and_wer_against_reference_recursion():
     assert char_error_rate(refs, hyps) == pytest.approx(chars / sum(len(r) for r in refs))
 
 
+def table_edit_distance(a, b) -> int:
+    """Levenshtein distance by the full Wagner-Fischer table, integers only, comparing
+    elements with Python's == (independent of rapidfuzz, which compares hashes)."""
+    a, b = list(a), list(b)
+    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i in range(len(a) + 1):
+        table[i][0] = i
+    for j in range(len(b) + 1):
+        table[0][j] = j
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            table[i][j] = min(table[i - 1][j] + 1, table[i][j - 1] + 1,
+                              table[i - 1][j - 1] + (0 if a[i - 1] == b[j - 1] else 1))
+    return table[len(a)][len(b)]
+
+
+def test_unit_and_char_edit_distance_against_a_table_dp():
+    """Unit ids (lists of ints, numpy arrays), strings and word lists, random and empty,
+    against the table DP; unit_error_rate is the corpus sum over the same pairs."""
+    rng = np.random.default_rng(7)
+    refs, hyps = [[], [], [3]], [[], [5, 5], []]          # empty against empty and not
+    for n_units in (4, 1000):                              # many matches, almost none
+        for _ in range(30):
+            refs.append(rng.integers(0, n_units, rng.integers(0, 40)).tolist())
+            hyps.append(rng.integers(0, n_units, rng.integers(0, 40)).tolist())
+    for ref, hyp in zip(refs, hyps):
+        expected = table_edit_distance(ref, hyp)
+        assert edit_distance(ref, hyp) == expected
+        assert edit_distance(np.array(ref, np.int64), np.array(hyp, np.int64)) == expected
+        assert edit_distance(hyp, ref) == expected
+        text_ref, text_hyp = "".join(chr(97 + u % 26) for u in ref), "".join(chr(97 + u % 26) for u in hyp)
+        assert edit_distance(text_ref, text_hyp) == table_edit_distance(text_ref, text_hyp)
+        words_ref, words_hyp = [f"w{u}" for u in ref], [f"w{u}" for u in hyp]
+        assert edit_distance(words_ref, words_hyp) == expected
+    total = sum(table_edit_distance(r, h) for r, h in zip(refs, hyps))
+    assert unit_error_rate(refs, hyps) == pytest.approx(total / sum(len(r) for r in refs))
+    assert unit_error_rate([[]], [[1, 2]]) != unit_error_rate([[]], [[1, 2]])  # nan: no reference
+    assert isinstance(edit_distance([1, 2], [2]), int)
+
+
 def test_wer_cer_hand_examples():
     # one substitution (sat -> sit), one deletion (the), one insertion (down): 3 / 6
     assert word_error_rate("the cat sat on the mat", "the cat sit on mat down") == 0.5

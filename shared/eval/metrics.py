@@ -23,6 +23,7 @@ challenge does, not channel by channel.
 from __future__ import annotations
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
 
 SDR_EPS = 1e-7      # MDX / Music-Source-Separation-Training's delta
 SI_SDR_EPS = 1e-12  # guards only the degenerate cases (silent reference or perfect match)
@@ -105,17 +106,16 @@ def _nan_reduce(reduce, values: np.ndarray) -> float:
 #     BLEU = sacrebleu's corpus BLEU (13a tokenisation, exp smoothing), 0..100.
 # ----------------------------------------------------------------------------------------
 def edit_distance(reference, hypothesis) -> int:
-    """Levenshtein distance between two sequences (unit costs), one DP row at a time."""
-    ref, hyp = list(reference), list(hypothesis)
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, start=1):
-        current = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, start=1):
-            current[j] = min(previous[j] + 1,              # deletion of r
-                             current[j - 1] + 1,           # insertion of h
-                             previous[j - 1] + (r != h))   # substitution or match
-        previous = current
-    return previous[-1]
+    """Levenshtein distance between two sequences (unit costs): rapidfuzz's C++
+    implementation. Strings are compared by character; other sequences (word lists,
+    unit-id lists) element by element, which rapidfuzz does through each element's hash:
+    exact for strings (barring a 64-bit hash collision) and for non-negative ints below
+    2**61 - 1, whose Python hash is the value itself (unit ids are small ints)."""
+    if not isinstance(reference, str):
+        reference = list(reference)
+    if not isinstance(hypothesis, str):
+        hypothesis = list(hypothesis)
+    return Levenshtein.distance(reference, hypothesis)
 
 
 def _as_list(texts) -> list:
