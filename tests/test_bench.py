@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow   # each test runs the bench end to end in subprocesses
 
 
 def run_bench(*args, cwd=REPO):

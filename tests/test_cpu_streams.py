@@ -42,6 +42,7 @@ ECHOSTREAM = echostream_tiny_spec()
     ("echostream", ECHOSTREAM, lambda size: echostream_batch(
         ECHOSTREAM, seed=4, feature_lengths=(90, 37, 61, 20, 75)[:size]), 5e-5),
 ])
+@pytest.mark.slow
 def test_parts_give_the_whole_batch_gradient(family, spec, make_batch, bound):
     weights = get_family(family).init_weights(spec, 1)
     batch = make_batch(5)                            # 3 parts: 2 + 2 + 1 examples

@@ -22,6 +22,7 @@ def tiny():
         "train.keep_last": 1})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
 def test_trains_evaluates_and_resumes_exactly(tmp_path, backend):
     cfg = tiny()

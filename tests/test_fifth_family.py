@@ -55,6 +55,7 @@ def test_trains_through_the_cli_and_resumes_exactly(tmp_path, backend, monkeypat
         bits(load_checkpoint(whole / "checkpoints" / "step_00000012")[0])
 
 
+@pytest.mark.slow
 def test_a_fresh_process_resumes_it_from_the_run_directory(tmp_path):
     """The run's config names family_module, so a new process registers the family before
     reading the checkpoint; and a checkpoint of one backend resumes on the other."""
@@ -117,6 +118,7 @@ def test_the_planner_plans_it(tmp_path, capsys, monkeypatch):
     assert any("layers (a smaller model)" in s["change"] for s in report["suggestions"])
 
 
+@pytest.mark.slow
 def test_the_bench_gives_it_a_row(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--configs", CONFIG,
                           "--steps", "1", "--repeats", "1", "--warmup", "0", "--json",

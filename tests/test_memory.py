@@ -20,6 +20,7 @@ from shared.specs.base import count_params
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(SCALED))
 def test_prediction_within_15_percent_of_measured_mlx_peak(name):
     """The rows of docs/memory.md: each shipped config scaled to run here."""
@@ -54,6 +55,7 @@ def test_parallel_cpu_parts_hold_one_gradient_each():
     assert plan(auto, "mlx").term("gradients of parallel CPU parts") == 0
 
 
+@pytest.mark.slow
 def test_plan_bounds_the_peak_of_parallel_cpu_parts():
     """Two parts on two threads peak anywhere between one part's and the whole batch's
     activations, depending on how the threads interleave (measured 144-172 MB over 8 runs
@@ -188,6 +190,7 @@ def test_planned_max_batch_is_the_planners_own_answer():
     assert best >= 1 and at(best) <= budget < at(best + 1)
 
 
+@pytest.mark.slow
 def test_mlx_batch_finder_probes_real_steps():
     """No --max-batch: the search stops at twice the planner's answer instead of 1024."""
     r = subprocess.run([sys.executable, "-m", "mlx_models.find_batch_size", "--budget-gb", "0.06",

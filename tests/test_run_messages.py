@@ -89,6 +89,7 @@ def test_non_finite_stop_without_a_checkpoint_says_start_again(tmp_path):
             TRAINERS["torch"], tmp_path / "run", progress=False).train()
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_aborts_without_a_traceback(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(

@@ -24,6 +24,7 @@ def tiny(**train):
                       log_every=1, eval_every=3, save_every=3, keep_last=1, eval_batches=2) | train})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
 def test_trains_evaluates_and_resumes_exactly(tmp_path, backend):
     cfg = tiny()
@@ -61,6 +62,7 @@ def test_separate_options_are_checked_before_any_work(capsys, option, value, mes
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
 def test_separate_cli_writes_one_file_per_stem(tmp_path, backend):
     Run(tiny(max_steps=1), TRAINERS[backend], tmp_path / "run", progress=False).train()

@@ -33,6 +33,7 @@ def checkpoint(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_both_backends_stream_the_same_results(checkpoint, tmp_path):
     wav = sorted((checkpoint / "data").rglob("*.wav"))[0]
     results = {}
@@ -51,6 +52,7 @@ def test_both_backends_stream_the_same_results(checkpoint, tmp_path):
     assert len(m["timing"]["chunk_ms"]) == m["chunks"] and m["real_time_factor"] > 0
 
 
+@pytest.mark.slow
 def test_the_checkpoint_sets_the_sample_rate(checkpoint, tmp_path):
     """Features are computed at the rate the model was trained on (data.sample_rate)."""
     import shutil
@@ -70,6 +72,7 @@ def test_the_checkpoint_sets_the_sample_rate(checkpoint, tmp_path):
     assert r.returncode == 2 and "this model takes 8000 Hz" in r.stderr
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_one_line(checkpoint, tmp_path):
     stereo = tmp_path / "stereo.wav"
     sf.write(str(stereo), np.zeros((16000, 2), np.float32), 16000)

@@ -68,6 +68,7 @@ def test_activation_checkpointing_gives_the_same_gradients(backend, dropout):
         assert rel_err(ckpt[1][name], plain[1][name]) <= 1e-5, name
 
 
+@pytest.mark.slow
 def test_activation_checkpointing_lowers_mlx_peak_memory():
     spec = LMSpec(vocab_size=128, hidden_size=64, num_layers=8, num_heads=4, num_kv_heads=2,
                   intermediate_size=256, max_seq_length=256)
@@ -82,6 +83,7 @@ def test_activation_checkpointing_lowers_mlx_peak_memory():
     assert peaks[True] < 0.7 * peaks[False], peaks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
 def test_bf16_tracks_fp32(backend):
     """bf16 compute with fp32 master weights follows the fp32 loss curve."""
@@ -111,6 +113,7 @@ def test_mlx_compiled_step_equals_eager():
         assert rel_err(runs[True][1][name], w) <= 1e-6, name
 
 
+@pytest.mark.slow
 def test_torch_compiled_step_equals_eager():
     """torch.compile (inductor; on the CPU here, CUDA in real use) trains like eager mode.
     Compiling takes ~30 s on two cores; it is the one slow test of the engine. eps is 1e-4
@@ -219,6 +222,7 @@ def cli(backend, *args, cwd=None):
     ("data.train_files=[a.txt", "is not valid YAML"),
     ("train.precision=fp16", "fp16 needs a CUDA device"),
 ])
+@pytest.mark.slow
 def test_bad_config_is_one_line_and_exit_2(override, message, tmp_path):
     result = cli("torch", override, cwd=tmp_path)   # no runs/ of ours in the way
     assert result.returncode == 2
@@ -241,6 +245,7 @@ def test_bad_config_file(tmp_path):
     assert result.returncode == 2 and "not found" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
 def test_cli_trains_and_refuses_to_overwrite(tmp_path, backend):
     out = tmp_path / "run"
@@ -262,6 +267,7 @@ def test_cli_trains_and_refuses_to_overwrite(tmp_path, backend):
     assert "resumed from" in resumed.stderr
 
 
+@pytest.mark.slow
 def test_cli_never_writes_over_another_run(tmp_path):
     """A resume sent to another run's directory, a standalone checkpoint with no --out, a
     max_steps already reached, and leftover metrics all stop before anything is written."""
@@ -332,6 +338,7 @@ def test_resume_refuses_data_that_change_the_tokenizer(tmp_path):
                progress=False).state.step == 2
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     import signal
     import time

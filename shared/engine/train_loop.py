@@ -160,10 +160,12 @@ class Run:
         if resume is not None:  # checked before any data is built
             ckpt = find_checkpoint(resume)
             weights = _resumable_weights(ckpt, config)
-        self.predicted_peak = self._check_memory_plan(trainer_cls.backend, force)
+        self.predicted_peak, plan_line = self._check_memory_plan(trainer_cls.backend, force)
         self.task = make_task(config, self.out, rank, world_size)
         self.state = TrainState()
         self.trainer = trainer_cls(config.model, tc, weights)
+        if plan_line:
+            self.log(plan_line)
         if resume is not None:
             self._restore(ckpt)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -229,24 +231,28 @@ class Run:
         for old in steps[:-self.config.train.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def _check_memory_plan(self, backend: str, force: bool) -> float | None:
-        """Say before any work what the planner expects (python -m shared.plan), and stop
-        when it does not fit the device, with the cheapest changes that do: a run that does
-        not fit is killed by the system minutes later, with no message and no checkpoint."""
+    def _check_memory_plan(self, backend: str, force: bool) -> tuple[float | None, str]:
+        """What the planner expects (python -m shared.plan): (predicted peak, the line that
+        says so). A run that does not fit the device stops here, before any work, with the
+        cheapest changes that do fit: otherwise the system kills it minutes later, with no
+        message and no checkpoint."""
         from shared.planner.core import GB, budget_bytes, plan, suggestions
         from shared.planner.hardware import get_profile
 
         try:
             p = plan(self.config, backend)
         except ValueError:
-            return None
+            return None, ""
         profile = get_profile(self.config.hardware.device)
         budget = budget_bytes(profile)
         fits = p.peak_bytes <= budget
-        self.log(f"memory plan: predicted peak {p.peak_bytes / GB:.2f} GB on {backend}; "
-                 f"{'fits' if fits else 'DOES NOT FIT'} {profile.name} ({budget / GB:.1f} GB budget); "
-                 f"largest tensor: {p.largest.name} {p.largest.shape}")
-        if not fits and not force:
+        line = (f"memory plan: predicted peak {p.peak_bytes / GB:.2f} GB on {backend}; "
+                f"{'fits' if fits else 'DOES NOT FIT'} {profile.name} ({budget / GB:.1f} GB budget); "
+                f"largest tensor: {p.largest.name} {p.largest.shape}")
+        if fits:
+            return p.peak_bytes, line
+        self.log(line)
+        if not force:
             fitting = [s for s in suggestions(self.config, backend) if s.peak_bytes <= budget][:3]
             for s in fitting:
                 overrides = " ".join(f"{k}={v}" for k, v in s.overrides.items())
@@ -256,9 +262,7 @@ class Run:
                               f"{'apply a change above, ' if fitting else ''}or let the planner fit "
                               f"the config: python -m shared.plan --config CONFIG --device "
                               f"{profile.name} --fit (--force trains anyway)")
-        if not fits:
-            self.log("--force: training although the plan does not fit")
-        return p.peak_bytes
+        return p.peak_bytes, "--force: training although the plan does not fit"
 
     # ------------------------------------------------------------------ logging
     def log(self, text: str) -> None:

@@ -103,6 +103,7 @@ def test_activation_checkpointing_same_gradients(layer, record):
             assert err <= 1e-6, (name, p, err)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer", LAYERS)
 def test_twenty_step_loss_curves(layer, record):
     """Both trainers, 20 AdamW steps on the same numpy batches (SI-SDR: smooth, so the

@@ -161,6 +161,7 @@ def test_activation_checkpointing_same_gradients(spec, record):
             assert err <= 1e-6, (backend, name, err)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective,lr", [("l1_mrstft", 5e-4), ("si_sdr", 1e-3)])
 def test_twenty_step_loss_curves(spec, objective, lr, record):
     """Both trainers, 20 steps on the same numpy batches. eps 1e-4 for the reason given in
