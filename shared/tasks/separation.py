@@ -88,3 +88,12 @@ def separation_batch(config, batch_size: int, rng: np.random.Generator) -> dict[
 def segment_seconds(config) -> float:
     """Seconds of audio in one training example."""
     return config.data.segment_seconds
+
+
+def separator_parts() -> dict:
+    """What every separator family registers alike (shared/families/tflocoformer.py,
+    bandsplit.py): MUSDB18-HQ data, this task, random stems, audio seconds, `separate`."""
+    from shared.data.musdb import AudioDataConfig
+
+    return dict(data_config=AudioDataConfig, task=SeparationTask, random_batch=separation_batch,
+                unit="audio_s", units_per_example=segment_seconds, inference="separation")
