@@ -43,7 +43,10 @@ def bandsplit_activation_elements(spec, batch: int, samples: int, checkpointing:
         base = {"hidden": tokens * Hd, "ffn": tokens * Hd * spec.ffn_mult}
         path_time = base | {"scores": 0 if fused else B * K * heads * T * T}
         path_band = base | {"scores": 0 if fused else B * T * heads * K * K}
-    module = {kind: path_time.get(kind, 0) + path_band.get(kind, 0) for kind in {*path_time, *path_band}}
+    # Kinds in a fixed order: a set's order follows string hashing (PYTHONHASHSEED), which
+    # changed the last bits of the planned peak from one process to the next.
+    kinds = dict.fromkeys([*path_time, *path_band])
+    module = {kind: path_time.get(kind, 0) + path_band.get(kind, 0) for kind in kinds}
     if checkpointing:   # module inputs kept, one module's activations alive at a time
         blocks = {kind: v for kind, v in module.items()}
         blocks["hidden"] = blocks.get("hidden", 0) + spec.n_layers * tokens * Hd / 10.0
