@@ -67,7 +67,7 @@ def main(backend: str, load, argv=None) -> int:
         if existing and not args.force:
             raise DataError(f"--out {out} already holds {', '.join(existing)}; pass --force to "
                             f"replace them, or choose another --out")
-        ckpt = resolve_checkpoint(args.checkpoint)
+        ckpt = resolve_checkpoint(args.checkpoint, report=sys.stderr)
         run_chunks, config = load(ckpt)
         data, model = config.get("data", {}), config["model"]
         rate = int(data.get("sample_rate", 44100))

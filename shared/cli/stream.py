@@ -100,7 +100,7 @@ def main(backend: str, load, argv=None) -> int:
             raise DataError(f"--max-target-len must be >= 1, got {args.max_target_len}")
         if args.json and not Path(args.json).resolve().parent.is_dir():
             raise DataError(f"--json {args.json}: no such directory {Path(args.json).parent}")
-        ckpt = resolve_checkpoint(args.checkpoint)
+        ckpt = resolve_checkpoint(args.checkpoint, report=sys.stderr)
         missing = [name for name in CHECKPOINT_FILES if not (ckpt / name).is_file()]
         if missing:
             raise CheckpointError(f"{ckpt} lacks {', '.join(missing)}: stream needs a checkpoint "
