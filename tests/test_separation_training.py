@@ -105,3 +105,6 @@ def test_separate_cli_writes_one_file_per_stem(tmp_path, backend, capsys):
                           str(tmp_path / "run"), str(wrong), "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "8000 Hz but the model was trained at 4000 Hz" in bad.stderr
+    assert main(backend, load, ["--checkpoint", str(tmp_path / "run"), str(tmp_path), "--out",
+                                str(tmp_path / "y")]) == 2
+    assert f"{tmp_path} is a directory, not a WAV file" in capsys.readouterr().err

@@ -81,6 +81,9 @@ def test_bad_inputs_are_one_line(checkpoint, tmp_path):
     assert r.returncode == 2 and "8000 Hz" in r.stderr and "sox" in r.stderr
     r = run("torch_models.stream", "--checkpoint", str(checkpoint), str(tmp_path / "missing.wav"))
     assert r.returncode == 2 and "no such file" in r.stderr
+    r = run("torch_models.stream", "--checkpoint", str(checkpoint), str(tmp_path))
+    assert r.returncode == 2 and f"{tmp_path} is a directory, not a WAV file" in r.stderr
+    assert r.stderr.count("\n") == 1
     r = run("torch_models.stream", "--checkpoint", str(checkpoint), str(rate), "--max-target-len", "0")
     assert r.returncode == 2 and "--max-target-len must be >= 1" in r.stderr
     lm_like = tmp_path / "not_echostream"

@@ -239,6 +239,14 @@ def test_bad_config_file(tmp_path):
     assert "unknown key model.num_headz (did you mean 'num_heads'?)" in result.stderr
     result = cli("mlx", "--config", str(tmp_path / "missing.yaml"))
     assert result.returncode == 2 and "not found" in result.stderr
+    result = cli("mlx", "--config", str(tmp_path))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert f"{tmp_path} is a directory, not a config file; pass a YAML file" in result.stderr
+    (tmp_path / "config.yaml").write_text("family: lm\n")     # a run directory: name its config
+    from shared.engine.config import load_config
+    from shared.errors import ConfigError
+    with pytest.raises(ConfigError, match=f"is a directory, not a config file; pass {tmp_path / 'config.yaml'}$"):
+        load_config(tmp_path)
 
 
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
