@@ -247,6 +247,18 @@ def test_help_and_bad_arguments_do_not_import_the_framework(backend, args, statu
     assert r.stdout.splitlines()[-1] == f"exit {status} False", r.stderr
 
 
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+@pytest.mark.parametrize("command", ["generate", "separate", "find_batch_size"])
+def test_other_cli_help_does_not_import_the_framework(backend, command, tmp_path):
+    script = (f"import runpy, sys\nsys.argv = ['{command}', '--help']\n"
+              f"try:\n    runpy.run_module('{backend}_models.{command}', run_name='__main__')\n"
+              f"except SystemExit as e:\n    code = e.code\n"
+              f"print('exit', code, '{FRAMEWORK[backend]}' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.stdout.splitlines()[-1] == "exit 0 False", r.stderr
+
+
 def test_exponent_without_a_dot_is_a_float():
     """YAML 1.1 reads 1e-4 as a string; the --help example uses it."""
     assert config_from_dict({"family": "lm"}, ["train.learning_rate=1e-4"]).train.learning_rate == 1e-4
