@@ -42,6 +42,7 @@ def test_both_backends_stream_the_same_results(checkpoint, tmp_path):
                 "--chunk-ms", "320", "--json", str(out))
         assert r.returncode == 0, r.stderr
         assert "real-time factor" in r.stderr and "MT:" in r.stdout
+        assert r.stderr.splitlines()[-1] == f"wrote the results and per-chunk timings to {out}"
         results[backend] = json.loads(out.read_text())
     m, t = results["mlx"], results["torch"]
     for key in ("asr", "st_ctc", "mt", "units", "chunks"):

@@ -148,4 +148,5 @@ def main(backend: str, load, argv=None) -> int:
               f"{result['real_time_factor']:.3f}", file=sys.stderr)
         if args.json:
             Path(args.json).write_text(json.dumps(result | {"timing": timing}, indent=1))
+            print(f"wrote the results and per-chunk timings to {args.json}", file=sys.stderr)
     return run_cli(run, errors=(CheckpointError, DataError, ValueError))
