@@ -2,16 +2,18 @@
 import gc
 import sys
 
-import mlx.core as mx
 import numpy as np
 
-from mlx_models.trainer import Trainer, cpu_streams
 from shared.planner.batch_finder import OutOfMemory, main
 from shared.planner.core import parts_gradient_bytes, with_overrides
 from shared.tasks import random_batch
 
 
 def make_probe(config):
+    import mlx.core as mx    # here, not at import: --help and config errors answer at once
+
+    from mlx_models.trainer import Trainer, cpu_streams
+
     def probe(batch: int) -> float:
         cfg = with_overrides(config, {"train.batch_size": batch, "train.gradient_accumulation_steps": 1})
         # Parallel CPU parts peak wherever their threads happen to interleave, different

@@ -1,16 +1,18 @@
 """Generate text with MLX: python -m mlx_models.generate --checkpoint DIR --prompt "..." """
 import sys
 
-import mlx.core as mx
 import numpy as np
 
-from mlx_models.models import load_model
 from shared.cli.generate import main
+
+# mlx.core is imported when a model loads, not at import: --help answers at once.
 
 
 def decoder(model):
     """next_logits(ids): feed new token ids through a fresh KV cache of `model` (in eval
     mode) and return the last position's logits as float32 numpy."""
+    import mlx.core as mx
+
     cache = model.make_cache()
 
     def next_logits(ids: np.ndarray) -> np.ndarray:
@@ -21,6 +23,8 @@ def decoder(model):
 
 
 def load(checkpoint):
+    from mlx_models.models import load_model
+
     model, config = load_model(checkpoint, expect="generation", what="an LM")
     model.eval()
     return decoder(model), model.spec

@@ -114,3 +114,59 @@ def test_resolve_checkpoint(tmp_path, tiny_lm_spec):
     assert resolve_checkpoint(tmp_path / "run").name == "best"
     with pytest.raises(CheckpointError, match="holds no checkpoint"):
         resolve_checkpoint(tmp_path)
+
+
+def sentencepiece_model() -> bytes:
+    import sentencepiece as spm
+    lines = ["the cat sat on a mat", "hello world", "dogs ran far away"] * 30
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=out, vocab_size=40,
+                                   hard_vocab_limit=False, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+                                   minloglevel=2)
+    return out.getvalue()
+
+
+def test_generate_says_why_it_stopped_and_which_checkpoint_it_used(tmp_path, tiny_lm_spec, capsys):
+    """The real MLX model of a run without checkpoints/best; its EOS logit is forced up
+    after three tokens (or down, to run into the context)."""
+    import dataclasses
+
+    import sentencepiece as spm
+    from shared.cli.generate import main
+    tokenizer = sentencepiece_model()
+    vocab = spm.SentencePieceProcessor(model_proto=tokenizer).get_piece_size()
+    spec = dataclasses.replace(tiny_lm_spec, vocab_size=vocab)
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step_00000004"
+    mm.save_model(mm.build_model(spec, seed=3), step)
+    (step / "tokenizer.model").write_bytes(tokenizer)
+
+    def loader(eos_after):
+        def load(ckpt):
+            next_logits, spec = mgen.load(ckpt)
+            calls = []
+
+            def scripted(ids):
+                logits = next_logits(ids)
+                calls.append(1)
+                logits[2] = 1e9 if eos_after is not None and len(calls) > eos_after else -1e9
+                return logits
+            return scripted, spec
+        return load
+
+    argv = ["--checkpoint", str(run), "--temperature", "0"]
+    assert main("mlx", loader(3), argv + ["--max-tokens", "10"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"{run} has no checkpoints/best; using its newest checkpoint, {step}"
+    assert err[1] == "(stopped at end-of-sequence after 3 tokens)"
+    assert err[2].startswith("[mlx] prompt 1 tokens") and len(err) == 3
+
+    assert main("mlx", loader(3), argv + ["--max-tokens", "3"]) == 0    # --max-tokens: no note
+    assert "stopped" not in capsys.readouterr().err
+    assert main("mlx", loader(None), argv + ["--max-tokens", "100"]) == 0
+    assert "(stopped after 63 tokens: the model's context of 64 tokens is full)" in capsys.readouterr().err
+
+    mm.save_model(mm.build_model(spec, seed=3), run / "checkpoints" / "best")
+    (run / "checkpoints" / "best" / "tokenizer.model").write_bytes(tokenizer)
+    assert main("mlx", loader(3), argv) == 0
+    assert "newest" not in capsys.readouterr().err

@@ -167,6 +167,39 @@ def test_export_then_import_is_exact(spec, tmp_path):
         np.testing.assert_array_equal(back[name], original[name])
 
 
+def test_export_and_import_end_with_one_line_saying_what_and_where(tiny_lm_spec, tmp_path, capsys):
+    save_ours(tiny_lm_spec, tmp_path / "ckpt")
+    assert export_main([str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--dtype", "bfloat16"]) == 0
+    err = capsys.readouterr().err
+    assert err == (f"exported {tmp_path / 'ckpt'} -> {tmp_path / 'hf'} (Hugging Face Llama, "
+                   f"bfloat16, 3 files, without tokenizer.model)\n")
+    assert import_main([str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    n = sum(p.numel for p in lm_manifest(tiny_lm_spec))
+    assert capsys.readouterr().err == (f"imported {tmp_path / 'hf'} -> {tmp_path / 'back'} "
+                                       f"(LM, {n:,} parameters, bfloat16, without tokenizer.model)\n")
+
+
+def test_export_takes_a_run_directory_like_generate(tiny_lm_spec, tmp_path, capsys):
+    run = tmp_path / "run"
+    save_ours(tiny_lm_spec, run / "checkpoints" / "step_00000002", seed=1)
+    save_ours(tiny_lm_spec, run / "checkpoints" / "step_00000004", seed=2)
+    assert export_main([str(run), str(tmp_path / "hf")]) == 0
+    newest = run / "checkpoints" / "step_00000004"
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"{run} has no checkpoints/best; using its newest checkpoint, {newest}"
+    assert lines[1].startswith(f"exported {newest} -> {tmp_path / 'hf'} (") and len(lines) == 2
+    hf_weights = load_safetensors(tmp_path / "hf" / "model.safetensors")
+    ours, _ = load_checkpoint(newest)
+    np.testing.assert_array_equal(hf_weights["model.norm.weight"], ours["norm.weight"])
+
+    save_ours(tiny_lm_spec, run / "checkpoints" / "best", seed=3)
+    assert export_main([str(run), str(tmp_path / "hf"), "--force"]) == 0
+    assert capsys.readouterr().err.startswith(f"exported {run / 'checkpoints' / 'best'} -> ")
+    # Writing over the run itself is still refused.
+    assert export_main([str(run), str(run), "--force"]) == 2
+    assert "overlaps the input" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- import
 def test_import_from_transformers(spec, tmp_path):
     hf = make_hf_model(spec)

@@ -76,9 +76,41 @@ def test_separate_cli_writes_one_file_per_stem(tmp_path, backend):
     for stem in ("vocals", "drums", "bass", "other"):
         audio, rate = sf.read(str(tmp_path / "stems" / f"{stem}.wav"))
         assert rate == 4000 and audio.shape == (4000 * 3 + 123, 2)
+    # A second run into the same --out replaces the stems only with --force.
+    import contextlib
+    import importlib
+    import io
+    from shared.cli.separate import main
+    load = importlib.import_module(f"{backend}_models.separate").load
+    argv = ["--checkpoint", str(tmp_path / "run"), str(tmp_path / "song.wav"), "--out", str(tmp_path / "stems")]
+    (tmp_path / "stems" / "vocals.wav").write_bytes(b"edited")
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert main(backend, load, argv) == 2
+    assert "already holds vocals.wav, drums.wav, bass.wav, other.wav; pass --force" in err.getvalue()
+    assert (tmp_path / "stems" / "vocals.wav").read_bytes() == b"edited"
+    assert main(backend, load, argv + ["--force"]) == 0
+    assert sf.read(str(tmp_path / "stems" / "vocals.wav"))[0].shape == (4000 * 3 + 123, 2)
     wrong = tmp_path / "wrong.wav"
     sf.write(str(wrong), song, 8000)
     bad = subprocess.run([sys.executable, "-m", f"{backend}_models.separate", "--checkpoint",
                           str(tmp_path / "run"), str(wrong), "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "8000 Hz but the model was trained at 4000 Hz" in bad.stderr
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert main(backend, load, ["--checkpoint", str(tmp_path / "run"), str(tmp_path), "--out",
+                                    str(tmp_path / "y")]) == 2
+    assert f"{tmp_path} is a directory, not a WAV file" in err.getvalue()
+
+
+def test_separate_refuses_to_replace_stems_before_any_work(capsys, tmp_path):
+    from shared.cli.separate import main
+    stems = tmp_path / "stems"
+    stems.mkdir()
+    (stems / "drums.wav").write_bytes(b"mine")
+    (stems / "other.wav").write_bytes(b"mine too")
+    assert main("torch", None, ["--checkpoint", "nowhere", "song.wav", "--out", str(stems)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "drums.wav, other.wav" in err and "--force" in err
+    assert "vocals.wav" not in err     # only the files that are there
+    assert sorted(p.name for p in stems.iterdir()) == ["drums.wav", "other.wav"]
+    assert (stems / "drums.wav").read_bytes() == b"mine"

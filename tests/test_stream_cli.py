@@ -43,6 +43,7 @@ def test_both_backends_stream_the_same_results(checkpoint, tmp_path):
                 "--chunk-ms", "320", "--json", str(out))
         assert r.returncode == 0, r.stderr
         assert "real-time factor" in r.stderr and "MT:" in r.stdout
+        assert r.stderr.splitlines()[-1] == f"wrote the results and per-chunk timings to {out}"
         results[backend] = json.loads(out.read_text())
     m, t = results["mlx"], results["torch"]
     for key in ("asr", "st_ctc", "mt", "units", "chunks"):
@@ -84,6 +85,9 @@ def test_bad_inputs_are_one_line(checkpoint, tmp_path):
     assert r.returncode == 2 and "8000 Hz" in r.stderr and "sox" in r.stderr
     r = run("torch_models.stream", "--checkpoint", str(checkpoint), str(tmp_path / "missing.wav"))
     assert r.returncode == 2 and "no such file" in r.stderr
+    r = run("torch_models.stream", "--checkpoint", str(checkpoint), str(tmp_path))
+    assert r.returncode == 2 and f"{tmp_path} is a directory, not a WAV file" in r.stderr
+    assert r.stderr.count("\n") == 1
     r = run("torch_models.stream", "--checkpoint", str(checkpoint), str(rate), "--max-target-len", "0")
     assert r.returncode == 2 and "--max-target-len must be >= 1" in r.stderr
     lm_like = tmp_path / "not_echostream"

@@ -2,8 +2,10 @@
 precision, compilation, exact resume, bad steps, configs and the CLI."""
 import dataclasses
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -15,6 +17,7 @@ from shared.engine.train_loop import Run
 from shared.specs.lm import LMSpec, lm_init_weights
 from tests.helpers import rel_err, TRAINERS
 
+REPO = Path(__file__).resolve().parent.parent
 SPEC = LMSpec(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
               intermediate_size=96, max_seq_length=64)
 
@@ -230,6 +233,36 @@ def test_bad_config_is_one_line_and_exit_2(override, message, tmp_path):
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
+FRAMEWORK = {"torch": "torch", "mlx": "mlx.core"}
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+@pytest.mark.parametrize("args,status", [(["--help"], 0), (["--bogus"], 2),
+                                         (["train.batch_size=0"], 2)])
+def test_help_and_bad_arguments_do_not_import_the_framework(backend, args, status, tmp_path):
+    """Importing torch takes seconds; the train CLIs answer --help, argument errors and
+    config errors without it (the Trainer is imported only when training starts)."""
+    script = (f"import runpy, sys\nsys.argv = ['train', *{args!r}]\n"
+              f"try:\n    runpy.run_module('{backend}_models.train', run_name='__main__')\n"
+              f"except SystemExit as e:\n    code = e.code\n"
+              f"print('exit', code, '{FRAMEWORK[backend]}' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.stdout.splitlines()[-1] == f"exit {status} False", r.stderr
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+@pytest.mark.parametrize("command", ["generate", "separate", "find_batch_size"])
+def test_other_cli_help_does_not_import_the_framework(backend, command, tmp_path):
+    script = (f"import runpy, sys\nsys.argv = ['{command}', '--help']\n"
+              f"try:\n    runpy.run_module('{backend}_models.{command}', run_name='__main__')\n"
+              f"except SystemExit as e:\n    code = e.code\n"
+              f"print('exit', code, '{FRAMEWORK[backend]}' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.stdout.splitlines()[-1] == "exit 0 False", r.stderr
+
+
 def test_exponent_without_a_dot_is_a_float():
     """YAML 1.1 reads 1e-4 as a string; the --help example uses it."""
     assert config_from_dict({"family": "lm"}, ["train.learning_rate=1e-4"]).train.learning_rate == 1e-4
@@ -243,6 +276,14 @@ def test_bad_config_file(tmp_path):
     assert "unknown key model.num_headz (did you mean 'num_heads'?)" in result.stderr
     result = cli("mlx", "--config", str(tmp_path / "missing.yaml"))
     assert result.returncode == 2 and "not found" in result.stderr
+    result = cli("mlx", "--config", str(tmp_path))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert f"{tmp_path} is a directory, not a config file; pass a YAML file" in result.stderr
+    (tmp_path / "config.yaml").write_text("family: lm\n")     # a run directory: name its config
+    from shared.engine.config import load_config
+    from shared.errors import ConfigError
+    with pytest.raises(ConfigError, match=f"is a directory, not a config file; pass {tmp_path / 'config.yaml'}$"):
+        load_config(tmp_path)
 
 
 @pytest.mark.slow

@@ -4,16 +4,18 @@ import gc
 import sys
 
 import numpy as np
-import torch
 
 from shared.errors import ConfigError
 from shared.planner.batch_finder import OutOfMemory, main
 from shared.planner.core import with_overrides
 from shared.tasks import random_batch
-from torch_models.trainer import Trainer
 
 
 def make_probe(config):
+    import torch    # here, not at import: --help and config errors answer at once
+
+    from torch_models.trainer import Trainer
+
     if not torch.cuda.is_available():
         raise ConfigError("torch_models.find_batch_size needs a CUDA device (torch keeps no "
                           "memory statistics on the CPU); use python -m shared.plan instead")

@@ -2,16 +2,17 @@
 import sys
 
 import numpy as np
-import torch
 
 from shared.cli.generate import main
-from torch_models.models import load_model
-from torch_models.trainer import default_device
+
+# torch is imported when a model loads, not at import: --help answers at once.
 
 
 def decoder(model, device):
     """next_logits(ids): feed new token ids through a fresh KV cache of `model` (in eval
     mode, on `device`) and return the last position's logits as float32 numpy."""
+    import torch
+
     cache = model.make_cache()
 
     @torch.no_grad()
@@ -23,6 +24,9 @@ def decoder(model, device):
 
 
 def load(checkpoint):
+    from torch_models.models import load_model
+    from torch_models.trainer import default_device
+
     model, config = load_model(checkpoint, expect="generation", what="an LM")
     device = default_device()
     model = model.to(device).eval()

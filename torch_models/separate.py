@@ -2,20 +2,24 @@
 import sys
 
 import numpy as np
-import torch
 
 from shared.cli.separate import main
-from torch_models.models import load_model
-from torch_models.trainer import default_device
+
+# torch is imported when a model loads, not at import: --help answers at once.
 
 
 def load(checkpoint):
+    from torch_models.models import load_model
+    from torch_models.trainer import default_device
+
     model, config = load_model(checkpoint, expect="separation", what="a separator")
     return chunk_runner(model, default_device()), config
 
 
 def chunk_runner(model, device):
     """run_chunks((N, C, T) float32 numpy) -> (N, S, C, T), in eval mode on `device`."""
+    import torch
+
     model = model.to(device).eval()
 
     @torch.no_grad()

@@ -2,7 +2,14 @@
 import sys
 
 from shared.cli.train import main
-from torch_models.trainer import Trainer
+
+
+def trainer():
+    """The Trainer class, imported only when training starts: --help and bad arguments
+    answer without importing torch."""
+    from torch_models.trainer import Trainer
+    return Trainer
+
 
 if __name__ == "__main__":
-    sys.exit(main("torch", Trainer))
+    sys.exit(main("torch", trainer))

@@ -11,7 +11,9 @@ from shared.errors import DataError
 
 def read_audio_file(path: Path) -> tuple[np.ndarray, int]:
     """(samples, channels) float32 and the file's sample rate, or a DataError that names the
-    problem: no such file, not readable audio, no samples."""
+    problem: a directory, no such file, not readable audio, no samples."""
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not a WAV file; pass the audio file itself")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:

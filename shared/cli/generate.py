@@ -19,14 +19,22 @@ from shared.engine.sampling import sample_next
 from shared.errors import CheckpointError, DataError
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory (its best, else newest, checkpoint)."""
+def resolve_checkpoint(path: str | Path, report=None) -> Path:
+    """A checkpoint directory, or a run directory (its best, else newest, checkpoint).
+    `report` (a text stream, e.g. sys.stderr): where to say so when a run directory without
+    checkpoints/best resolves to its newest step."""
     path = Path(path)
     if (path / "model.safetensors").is_file():
         return path
-    for candidate in [path / "checkpoints" / "best", *sorted((path / "checkpoints").glob("step_*"))[::-1]]:
+    best = path / "checkpoints" / "best"
+    for candidate in [best, *sorted((path / "checkpoints").glob("step_*"))[::-1]]:
         if (candidate / "model.safetensors").is_file():
+            if candidate != best and report is not None:
+                print(f"{path} has no checkpoints/best; using its newest checkpoint, {candidate}",
+                      file=report)
             return candidate
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint or run directory")
     raise CheckpointError(f"{path} holds no checkpoint (model.safetensors); pass a checkpoint "
                           f"directory or a run directory")
 
@@ -46,7 +54,8 @@ def parser(backend: str) -> argparse.ArgumentParser:
 
 def generate(next_logits, tokenizer, prompt: str, max_tokens: int, max_length: int,
              temperature: float, top_p: float, seed: int, out=sys.stdout) -> dict:
-    """Stream the continuation of `prompt` to `out`; return ids and timings."""
+    """Stream the continuation of `prompt` to `out`; return ids, timings and why it stopped
+    (`stopped`: "max_tokens", "eos" or "context")."""
     rng = np.random.default_rng(seed)
     ids = [tokenizer.bos_id()] + tokenizer.encode(prompt)
     if len(ids) >= max_length:
@@ -57,9 +66,14 @@ def generate(next_logits, tokenizer, prompt: str, max_tokens: int, max_length: i
     new, printed = [], tokenizer.decode(ids[1:])
     out.write(printed)
     start = time.perf_counter()
-    while len(new) < max_tokens and len(ids) + len(new) < max_length:
+    stopped = "max_tokens"
+    while len(new) < max_tokens:
+        if len(ids) + len(new) >= max_length:
+            stopped = "context"
+            break
         token = sample_next(logits, temperature, top_p, rng)
         if token == tokenizer.eos_id():
+            stopped = "eos"
             break
         new.append(token)
         # Decode the whole text (pieces merge across tokens), and hold back a character
@@ -72,7 +86,8 @@ def generate(next_logits, tokenizer, prompt: str, max_tokens: int, max_length: i
     decode_s = time.perf_counter() - start
     out.write(tokenizer.decode(ids[1:] + new)[len(printed):] + "\n")
     return {"prompt_tokens": len(ids), "new_tokens": len(new), "prefill_s": prefill_s,
-            "tokens_per_s": len(new) / decode_s if decode_s > 0 else 0.0, "ids": ids + new}
+            "tokens_per_s": len(new) / decode_s if decode_s > 0 else 0.0, "ids": ids + new,
+            "stopped": stopped}
 
 
 def main(backend: str, load, argv=None) -> int:
@@ -85,13 +100,18 @@ def main(backend: str, load, argv=None) -> int:
             raise DataError(f"--temperature must be >= 0 (0: greedy), got {args.temperature}")
         if not 0 < args.top_p <= 1:
             raise DataError(f"--top-p must be within (0, 1], got {args.top_p}")
-        ckpt = resolve_checkpoint(args.checkpoint)
+        ckpt = resolve_checkpoint(args.checkpoint, report=sys.stderr)
         tokenizer_path = Path(args.tokenizer) if args.tokenizer else ckpt / "tokenizer.model"
         next_logits, spec = load(ckpt)
         tokenizer = load_tokenizer(tokenizer_path, spec.vocab_size,
                                    fix="pass --tokenizer with the model's SentencePiece file")
         stats = generate(next_logits, tokenizer, args.prompt, args.max_tokens,
                          spec.max_seq_length, args.temperature, args.top_p, args.seed)
+        if stats["stopped"] == "eos":
+            print(f"(stopped at end-of-sequence after {stats['new_tokens']} tokens)", file=sys.stderr)
+        elif stats["stopped"] == "context":
+            print(f"(stopped after {stats['new_tokens']} tokens: the model's context of "
+                  f"{spec.max_seq_length} tokens is full)", file=sys.stderr)
         print(f"[{backend}] prompt {stats['prompt_tokens']} tokens in {stats['prefill_s']:.3f}s, "
               f"generated {stats['new_tokens']} tokens at {stats['tokens_per_s']:.1f} tokens/s",
               file=sys.stderr)

@@ -47,6 +47,8 @@ def main(backend: str, load, argv=None) -> int:
     p.add_argument("--chunk-seconds", type=float, help="default: the training segment length")
     p.add_argument("--overlap", type=float, default=0.25, help="chunk overlap, 0..0.9 (default 0.25)")
     p.add_argument("--batch-chunks", type=int, default=4, help="chunks per forward pass")
+    p.add_argument("--force", action="store_true",
+                   help="replace <stem>.wav files already in --out")
     args = p.parse_args(argv)
 
     def run():
@@ -61,7 +63,11 @@ def main(backend: str, load, argv=None) -> int:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise DataError(f"--out {out} is a file; --out names a directory for the stems")
-        ckpt = resolve_checkpoint(args.checkpoint)
+        existing = [f"{name}.wav" for name in STEMS if (out / f"{name}.wav").exists()]
+        if existing and not args.force:
+            raise DataError(f"--out {out} already holds {', '.join(existing)}; pass --force to "
+                            f"replace them, or choose another --out")
+        ckpt = resolve_checkpoint(args.checkpoint, report=sys.stderr)
         run_chunks, config = load(ckpt)
         data, model = config.get("data", {}), config["model"]
         rate = int(data.get("sample_rate", 44100))

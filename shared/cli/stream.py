@@ -100,7 +100,7 @@ def main(backend: str, load, argv=None) -> int:
             raise DataError(f"--max-target-len must be >= 1, got {args.max_target_len}")
         if args.json and not Path(args.json).resolve().parent.is_dir():
             raise DataError(f"--json {args.json}: no such directory {Path(args.json).parent}")
-        ckpt = resolve_checkpoint(args.checkpoint)
+        ckpt = resolve_checkpoint(args.checkpoint, report=sys.stderr)
         missing = [name for name in CHECKPOINT_FILES if not (ckpt / name).is_file()]
         if missing:
             raise CheckpointError(f"{ckpt} lacks {', '.join(missing)}: stream needs a checkpoint "
@@ -148,4 +148,5 @@ def main(backend: str, load, argv=None) -> int:
               f"{result['real_time_factor']:.3f}", file=sys.stderr)
         if args.json:
             Path(args.json).write_text(json.dumps(result | {"timing": timing}, indent=1))
+            print(f"wrote the results and per-chunk timings to {args.json}", file=sys.stderr)
     return run_cli(run, errors=(CheckpointError, DataError, ValueError))

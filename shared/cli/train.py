@@ -38,10 +38,13 @@ def parser(backend: str) -> argparse.ArgumentParser:
     return p
 
 
-def main(backend: str, trainer_cls, argv=None) -> int:
+def main(backend: str, trainer, argv=None) -> int:
+    """`trainer`: the backend's Trainer class, or a function that imports and returns it.
+    The function is called only when training starts, so --help, argument errors and config
+    errors never import the framework (torch takes seconds to import)."""
     args = parser(backend).parse_intermixed_args(argv)
     # Only these mean bad input; anything else is a bug and keeps its traceback.
-    return run_cli(lambda: train(args, backend, trainer_cls),
+    return run_cli(lambda: train(args, backend, trainer),
                    errors=(ConfigError, SpecError, CheckpointError, DataError))
 
 
@@ -87,7 +90,8 @@ def run_directory(args, backend: str, ckpt: Path | None) -> Path:
     return out
 
 
-def train(args, backend: str, trainer_cls) -> None:
+def train(args, backend: str, trainer) -> None:
+    """`trainer`: a Trainer class or a function returning one (see main)."""
     from shared.engine.train_loop import Run, find_checkpoint
 
     ckpt = find_checkpoint(args.resume) if args.resume else None
@@ -96,6 +100,7 @@ def train(args, backend: str, trainer_cls) -> None:
     else:
         config = load_config(args.config, args.overrides)
     out = run_directory(args, backend, ckpt)
+    trainer_cls = trainer if isinstance(trainer, type) else trainer()
     start = time.perf_counter()
     run = Run(config, trainer_cls, out, resume=ckpt, progress=not args.no_progress, force=args.force)
     state = run.train()

@@ -227,6 +227,10 @@ def config_from_dict(raw: dict, overrides: list[str] = ()) -> RunConfig:
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
     """Read a YAML config (None: the built-in tiny default) and apply overrides."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
+    if path.is_dir():
+        inside = path / "config.yaml"
+        hint = f"pass {inside}" if inside.is_file() else "pass a YAML file such as configs/tiny.yaml"
+        raise ConfigError(f"{path} is a directory, not a config file; {hint}")
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
     try:

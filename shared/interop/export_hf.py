@@ -1,6 +1,9 @@
 """Export an LM checkpoint as a Hugging Face Llama model directory.
 
-    python -m shared.export_hf CKPT OUT_DIR [--dtype float32|bfloat16|float16] [--force]
+    python -m shared.export_hf CKPT_OR_RUN OUT_DIR [--dtype float32|bfloat16|float16] [--force]
+
+CKPT_OR_RUN is a checkpoint directory or a run directory (its best checkpoint, else its
+newest), as for generate.
 
 OUT_DIR loads with transformers (LlamaForCausalLM.from_pretrained, AutoTokenizer) and with
 mlx-lm: config.json, model.safetensors, generation_config.json, and, when CKPT holds a
@@ -15,6 +18,7 @@ import sys
 from pathlib import Path
 
 from shared.cli import check_output_dir, run_cli
+from shared.cli.generate import resolve_checkpoint
 from shared.engine.checkpoint import open_checkpoint, write_directory
 from shared.errors import CheckpointError
 from shared.interop.hf_llama import (DTYPES, HF_CONFIG_FILE, HF_WEIGHTS_FILE, TOKENIZER_FILE,
@@ -24,9 +28,11 @@ from shared.specs.lm import LMSpec
 
 def export(checkpoint: str | Path, out_dir: str | Path, dtype: str = "float32",
            force: bool = False) -> Path:
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    """Write OUT_DIR from a checkpoint, or from a run directory's best (else newest) one."""
+    out_dir = Path(out_dir)
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    checkpoint = resolve_checkpoint(checkpoint)
     check_output_dir(out_dir, force, source=checkpoint)
     family, spec, _, weights, _ = open_checkpoint(checkpoint)
     if not isinstance(spec, LMSpec):    # the Llama format holds exactly our LM's parameters
@@ -115,14 +121,23 @@ def _json_bytes(value: dict) -> bytes:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shared.export_hf", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="our LM checkpoint directory")
+    parser.add_argument("checkpoint", help="our LM checkpoint directory, or a run directory "
+                                           "(its best checkpoint, else its newest)")
     parser.add_argument("out_dir", help="Hugging Face model directory to write")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32",
                         help="dtype of the exported weights (default float32)")
     parser.add_argument("--force", action="store_true",
                         help="replace OUT_DIR if it is not empty")
     args = parser.parse_args(argv)
-    return run_cli(lambda: export(args.checkpoint, args.out_dir, args.dtype, args.force))
+
+    def run():
+        checkpoint = resolve_checkpoint(args.checkpoint, report=sys.stderr)
+        out = export(checkpoint, args.out_dir, args.dtype, args.force)
+        files = sorted(p.name for p in out.iterdir())
+        tokenizer = "with" if TOKENIZER_FILE in files else "without"
+        print(f"exported {checkpoint} -> {out} (Hugging Face Llama, {args.dtype}, "
+              f"{len(files)} files, {tokenizer} {TOKENIZER_FILE})", file=sys.stderr)
+    return run_cli(run)
 
 
 if __name__ == "__main__":

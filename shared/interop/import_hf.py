@@ -22,6 +22,12 @@ IMPORT_DTYPES = ("keep", "float32", "bfloat16")
 
 def import_hf(hf_dir: str | Path, out_ckpt: str | Path, dtype: str = "keep",
               force: bool = False) -> Path:
+    return _import_hf(hf_dir, out_ckpt, dtype, force)[0]
+
+
+def _import_hf(hf_dir: str | Path, out_ckpt: str | Path, dtype: str,
+               force: bool) -> tuple[Path, str]:
+    """The written checkpoint and a description of it for the command's last line."""
     hf_dir, out_ckpt = Path(hf_dir), Path(out_ckpt)
     if dtype not in IMPORT_DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(IMPORT_DTYPES)}, got {dtype!r}")
@@ -33,7 +39,11 @@ def import_hf(hf_dir: str | Path, out_ckpt: str | Path, dtype: str = "keep",
         weights = cast_weights(weights, dtype)
     tokenizer = hf_dir / TOKENIZER_FILE
     extra = {TOKENIZER_FILE: tokenizer.read_bytes()} if tokenizer.is_file() else None
-    return save_checkpoint(out_ckpt, weights, checkpoint_config(spec), extra_files=extra)
+    path = save_checkpoint(out_ckpt, weights, checkpoint_config(spec), extra_files=extra)
+    dtypes = "/".join(sorted({str(a.dtype) for a in weights.values()}))
+    params = sum(a.size for a in weights.values())
+    return path, (f"LM, {params:,} parameters, {dtypes}, "
+                  f"{'with' if extra else 'without'} {TOKENIZER_FILE}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true",
                         help="replace OUT_CKPT if it is not empty")
     args = parser.parse_args(argv)
-    return run_cli(lambda: import_hf(args.hf_dir, args.out_ckpt, args.dtype, args.force))
+
+    def run():
+        path, what = _import_hf(args.hf_dir, args.out_ckpt, args.dtype, args.force)
+        print(f"imported {args.hf_dir} -> {path} ({what})", file=sys.stderr)
+    return run_cli(run)
 
 
 if __name__ == "__main__":
