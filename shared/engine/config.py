@@ -2,8 +2,9 @@
 
 A config file has the sections `family` (which model), `model` (the family's spec),
 `data` (the family's data config), `train` and `hardware`; and, for a family of your own,
-`family_module` (the module that registers it, docs/adding-a-family.md). Unknown keys, wrong types and impossible values raise
-ConfigError with one line that names the key and the fix. `section.key=value` overrides
+`family_module` (the module that registers it, docs/adding-a-family.md). Unknown keys,
+wrong types and impossible values raise ConfigError with one line that names the key and
+the fix. `section.key=value` overrides
 from the command line are parsed as YAML scalars and applied before validation.
 """
 from __future__ import annotations
