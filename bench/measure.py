@@ -3,6 +3,7 @@ units/s, memory, FLOP/s, MFU), the inference speed of each family's kind (genera
 separation, streaming), the spread over blocks and the MLX/torch ratios."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 
 import numpy as np
@@ -48,7 +49,8 @@ def spread(values: list[float]) -> dict:
             "values": values}
 
 
-def bench_training(config: RunConfig, workers: dict, args) -> dict:
+def bench_training(config: RunConfig, workers: dict, args, load=contextlib.nullcontext()) -> dict:
+    """`load`: entered around the timed blocks (bench/load.py's OtherLoad)."""
     family = get_family(config.family)
     rng = np.random.default_rng(args.seed)
     steps = [step_batches(config, rng) for _ in range(args.warmup + args.steps)]
@@ -56,9 +58,10 @@ def bench_training(config: RunConfig, workers: dict, args) -> dict:
     devices = {name: w.call("start", config, warmup, lr) for name, w in workers.items()}
     parts = {name: w.call("parallel_parts") for name, w in workers.items()}
     blocks = {name: [] for name in workers}
-    for _ in range(args.repeats):          # take turns, block by block
-        for name, w in workers.items():
-            blocks[name].append(w.call("block", timed, lr))
+    with load:
+        for _ in range(args.repeats):          # take turns, block by block
+            for name, w in workers.items():
+                blocks[name].append(w.call("block", timed, lr))
     for w in workers.values():
         w.call("finish")
 
@@ -135,13 +138,14 @@ INFERENCE = {"generation": bench_generation, "separation": bench_separation,
              "streaming": bench_streaming}
 
 
-def ratios(run: dict) -> dict | None:
-    """MLX over torch step time, median of the per-block ratios (blocks were interleaved)."""
+def ratios(run: dict, reliable: bool = True) -> dict | None:
+    """MLX over torch step time, median of the per-block ratios (blocks were interleaved);
+    `reliable`: False when other work loaded the machine while timing (bench/load.py)."""
     t = run["training"]
     if "mlx" not in t or "torch" not in t:
         return None
     pairs = [a / b for a, b in zip(t["mlx"]["step_s"]["values"], t["torch"]["step_s"]["values"])]
-    out = {"mlx_over_torch_step_time": spread(pairs)}
+    out = {"mlx_over_torch_step_time": spread(pairs), "reliable": reliable}
     g = run.get("inference", {})
     if "mlx" in g and "torch" in g:
         out["mlx_over_torch_inference"] = g["mlx"]["value"]["median"] / g["torch"]["value"]["median"]

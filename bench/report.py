@@ -41,6 +41,15 @@ def fmt_median(s: dict | None, scale: float = 1.0, digits: int = 0) -> str:
     return f"{s['median'] * scale:,.{digits}f} ±{half:.0%}"
 
 
+def busy(run: dict) -> str | None:
+    """'machine busy, 1.3 other cores' when other work loaded the machine past the
+    threshold while the run was timed (bench/load.py), else None."""
+    load = run.get("other_load_cores")
+    if load is None or load <= run["other_load_threshold_cores"]:
+        return None
+    return f"machine busy, {load:.1f} other cores"
+
+
 def markdown(report: dict) -> str:
     lines = ["| model | config | backend | device | precision | steps/s | throughput "
              "| peak memory | GFLOP/s | MFU | inference |",
@@ -60,12 +69,20 @@ def markdown(report: dict) -> str:
         if run.get("ratios"):
             rt = run["ratios"]
             r = rt["mlx_over_torch_step_time"]
+            flag = "" if rt.get("reliable", True) else f" (unreliable: {busy(run)})"
             text = (f"{run['model']} {run['config']}: MLX step time / torch step time = "
-                    f"{r['median']:.2f}x (per-block ratios {r['min']:.2f}-{r['max']:.2f})")
+                    f"{r['median']:.2f}x{flag} (per-block ratios {r['min']:.2f}-{r['max']:.2f})")
             if "mlx_over_torch_inference" in rt:
                 metric = run["inference"]["mlx"]["metric"]
-                text += f"; MLX/torch {metric} = {rt['mlx_over_torch_inference']:.2f}x"
+                text += (f"; MLX/torch {metric} = {rt['mlx_over_torch_inference']:.2f}x"
+                         f"{' (unreliable)' if flag else ''}")
             notes.append(text)
+        if "other_load_method" in run:
+            load = run["other_load_cores"]
+            notes.append(f"{run['model']} {run['config']}: other load while timing = "
+                         f"{'n/a' if load is None else f'{load:.2f}'} cores (threshold "
+                         f"{run['other_load_threshold_cores']:.2f}; {run['other_load_method']})"
+                         + (": busy, the timings are unreliable" if busy(run) else ""))
         parts = run["training"].get("mlx", {}).get("parallel_parts", 1)
         if parts > 1:
             notes.append(f"{run['model']} {run['config']}: MLX splits each micro-batch into {parts} "
@@ -118,8 +135,15 @@ def plot(report: dict, path: Path) -> None:
                     if key == "inference":
                         title = f"inference: {result['metric']}"
             ax.bar(names, med, 0.6, yerr=err, capsize=3, color=["C0", "C1"][:len(names)])
-            ax.set_title(f"{run['model']} ({run['config']}) {title}", fontsize=8)
-    fig.suptitle(f"MLX vs torch on {report['environment']['cpu']}", fontsize=9)
+            note = busy(run)
+            ax.set_title(f"{run['model']} ({run['config']}) {title}" + (f"\n{note}" if note else ""),
+                         fontsize=8, color="red" if note else "black")
+    unreliable = [f"{run['model']} {run['config']}: {run['other_load_cores']:.1f} other cores"
+                  for run in runs if busy(run)]
+    fig.suptitle(f"MLX vs torch on {report['environment']['cpu']}" + (
+        "\nUNRELIABLE: other work kept the machine busy while timing (" + "; ".join(unreliable)
+        + f", threshold {runs[0]['other_load_threshold_cores']:.1f})" if unreliable else ""),
+        fontsize=9, color="red" if unreliable else "black")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -10,7 +10,10 @@ train it through the backend's Trainer (the same train_step the training CLIs ru
 same numpy batches of random data (no data files needed), warm up (compilation is not
 timed), then time --repeats blocks of --steps full optimizer steps. The backends take
 turns block by block, so a change in machine load hits both and the MLX/torch ratio of
-each block is a fair pair; the table reports medians and the spread over blocks.
+each block is a fair pair; the table reports medians and the spread over blocks. Load
+that takes the backend's cores hits them unequally, though (torch's threads wait for each
+other), so the bench measures how busy other work keeps the machine while it times
+(bench/load.py) and marks the ratio unreliable above a threshold.
 
 Each backend runs in a process of its own, as its training CLI does. In one process they
 would disturb each other: importing mlx_models loads OpenBLAS into the global symbol
@@ -36,6 +39,7 @@ from shared.registry import families, get_family
 # The rest of the bench, by concern. bench/ is the script's directory, so it is on sys.path
 # (spawned workers get the same sys.path).
 from backends import BACKENDS
+from load import OtherLoad, loadavg
 from measure import bench_inference, bench_training, ratios, units_per_step
 from report import environment, markdown, plot
 from worker import Worker
@@ -124,22 +128,36 @@ def plan(args) -> list[tuple[str, RunConfig]]:
 
 def bench(args) -> None:
     configs = plan(args)   # config errors first, before any framework starts
+    before_workers = loadavg()   # the fallback where there is no /proc (None on Linux)
     workers = {name: Worker(name, args.threads) for name in args.backends}
+    warned = False
     try:
         report = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                   "environment": environment(workers), "runs": []}
         for path, config in configs:
             family = get_family(config.family)
             print(f"bench: {config.family} {path} on {', '.join(workers)} ...", file=sys.stderr, flush=True)
+            meter = OtherLoad([w.process.pid for w in workers.values()], args.threads, before_workers)
+            training = bench_training(config, workers, args, meter)
+            with meter:
+                inference = bench_inference(config, workers, args)
+            load = meter.result()
+            reliable = load.pop("reliable")
             run = {"model": config.family, "config": path, "precision": config.train.precision,
                    "compile": config.train.compile, "unit": family.unit,
                    "units_per_step": units_per_step(config),
                    "flops_per_unit": family.flops_per_unit(config) if family.flops_per_unit else None,
                    "model_spec": config.to_dict()["model"], "train": config.to_dict()["train"],
                    "params": family.param_counts(config.model),
-                   "training": bench_training(config, workers, args),
-                   "inference": bench_inference(config, workers, args)}
-            run["ratios"] = ratios(run)
+                   "training": training, "inference": inference, **load}
+            run["ratios"] = ratios(run, reliable)
+            if not reliable and not warned:
+                warned = True
+                print(f"bench: warning: other work kept {load['other_load_cores']:.2f} cores busy "
+                      f"while {config.family} {path} was timed (threshold "
+                      f"{load['other_load_threshold_cores']:.2f}); its MLX/torch ratio, and any "
+                      f"later run's as busy, is marked unreliable. Rerun on an idle machine.",
+                      file=sys.stderr, flush=True)
             report["runs"].append(run)
     finally:
         for w in workers.values():

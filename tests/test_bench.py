@@ -1,8 +1,11 @@
 """bench/run.py end to end on the tiny LM: both backends, a couple of steps, every output.
-No timing assertions: CI machines are shared and slow; this checks the plumbing."""
+No timing assertions: CI machines are shared and slow; this checks the plumbing, and that the
+bench notices when other work keeps the machine busy."""
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,11 +47,51 @@ def test_bench_writes_table_json_and_plot_for_both_backends(tmp_path):
     assert run["training"]["torch"]["parallel_parts"] == 1
     assert run["training"]["torch"]["peak_memory_bytes"] is None   # torch on CPU: no stats
     assert run["ratios"]["mlx_over_torch_step_time"]["median"] > 0
+    # How busy other work kept the machine: measured, not asserted (CI machines are shared).
+    assert run["other_load_cores"] >= 0 and run["other_load_method"]
+    assert isinstance(run["ratios"]["reliable"], bool)
     table = (tmp_path / "bench.md").read_text()
+    assert "other load while timing" in table
     assert table in out.stdout                    # printed always, written when asked
     assert "| mlx |" in table and "| torch |" in table and "MLX step time / torch" in table
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "bench.md", "bench.png"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat") or len(os.sched_getaffinity(0)) < 2,
+                    reason="other load is measured from /proc/stat; two busy loops need two cores")
+def test_bench_marks_the_ratio_unreliable_on_a_busy_machine(tmp_path):
+    """Two busy loops of our own take the cores while the bench times: the bench must see
+    them as other load, mark the MLX/torch ratio unreliable, and say so in the table. The
+    loops start once the workers are up (the bench's first "bench: " line), so that they
+    slow the timed blocks, not the imports."""
+    out_path, err_path = tmp_path / "stdout", tmp_path / "stderr"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        bench = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "run.py"), "--configs", "configs/tiny.yaml",
+             "--steps", "1", "--repeats", "2", "--warmup", "0", "--gen-tokens", "0",
+             "--json", str(tmp_path / "b.json"), "train.batch_size=2"],
+            cwd=REPO, stdout=out, stderr=err, text=True)
+    loops = []
+    try:
+        deadline = time.monotonic() + 120
+        while "bench: " not in err_path.read_text() and bench.poll() is None:
+            assert time.monotonic() < deadline, "the bench's workers did not start"
+            time.sleep(0.05)
+        loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+        returncode = bench.wait(timeout=120)
+    finally:
+        for p in [*loops, bench]:
+            p.kill()
+            p.wait()
+    stdout, stderr = out_path.read_text(), err_path.read_text()
+    assert returncode == 0, stderr
+    [run] = json.loads((tmp_path / "b.json").read_text())["runs"]
+    assert run["other_load_cores"] > 1, run
+    assert run["other_load_threshold_cores"] == 0.5     # every core is the backends'
+    assert run["ratios"]["reliable"] is False
+    assert "MLX step time / torch step time = " in stdout and "(unreliable: machine busy," in stdout
+    assert stderr.count("bench: warning: other work kept") == 1
 
 
 def test_bench_separation_training_and_speed(tmp_path):
