@@ -87,7 +87,7 @@ def test_bench_marks_the_ratio_unreliable_on_a_busy_machine(tmp_path):
     stdout, stderr = out_path.read_text(), err_path.read_text()
     assert returncode == 0, stderr
     [run] = json.loads((tmp_path / "b.json").read_text())["runs"]
-    assert run["other_load_cores"] > 1, run
+    assert run["other_load_cores"] > run["other_load_threshold_cores"], run   # two loops: ~1 core or more
     assert run["other_load_threshold_cores"] == 0.5     # every core is the backends'
     assert run["ratios"]["reliable"] is False
     assert "MLX step time / torch step time = " in stdout and "(unreliable: machine busy," in stdout
