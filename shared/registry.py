@@ -58,6 +58,9 @@ class Family:
     bench_configs: tuple[str, ...] = ()                     # what `bench/run.py --models NAME` runs
     # Cross-section checks of a whole config, raising ConfigError (e.g. seq_length <= max_seq_length).
     check_config: Callable[[Any], None] = _no_check
+    # Weights in another format that train.init_from may name: directory -> (spec, canonical
+    # weights), or None where the directory is not in that format (the LM: Hugging Face Llama).
+    import_weights: Callable[[Any], Any] | None = None
     # A numpy batch in parts whose losses, each weighted by the part's share of the examples,
     # add up to the whole batch's loss (MLX's parallel CPU streams rely on it). Plain
     # splitting does where the loss is a mean over examples; EchoStream's parts carry the

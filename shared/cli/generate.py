@@ -15,28 +15,9 @@ import numpy as np
 
 from shared.cli import run_cli
 from shared.data.lm_text import load_tokenizer
+from shared.engine.checkpoint import resolve_checkpoint
 from shared.engine.sampling import sample_next
 from shared.errors import CheckpointError, DataError
-
-
-def resolve_checkpoint(path: str | Path, report=None) -> Path:
-    """A checkpoint directory, or a run directory (its best, else newest, checkpoint).
-    `report` (a text stream, e.g. sys.stderr): where to say so when a run directory without
-    checkpoints/best resolves to its newest step."""
-    path = Path(path)
-    if (path / "model.safetensors").is_file():
-        return path
-    best = path / "checkpoints" / "best"
-    for candidate in [best, *sorted((path / "checkpoints").glob("step_*"))[::-1]]:
-        if (candidate / "model.safetensors").is_file():
-            if candidate != best and report is not None:
-                print(f"{path} has no checkpoints/best; using its newest checkpoint, {candidate}",
-                      file=report)
-            return candidate
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint or run directory")
-    raise CheckpointError(f"{path} holds no checkpoint (model.safetensors); pass a checkpoint "
-                          f"directory or a run directory")
 
 
 def parser(backend: str) -> argparse.ArgumentParser:

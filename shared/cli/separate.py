@@ -18,8 +18,8 @@ import soundfile as sf
 from shared.audio.chunked import separate
 from shared.audio.files import read_audio_file
 from shared.cli import run_cli
-from shared.cli.generate import resolve_checkpoint
 from shared.data.musdb import STEMS
+from shared.engine.checkpoint import resolve_checkpoint
 from shared.errors import CheckpointError, DataError
 
 

@@ -23,12 +23,12 @@ import numpy as np
 
 from shared.audio.fbank import CMVN, FbankOptions, StreamingFbank
 from shared.audio.files import read_audio_file
+from shared.engine.checkpoint import resolve_checkpoint
 from shared.errors import CheckpointError
 from shared.cli import run_cli
 from shared.data.lm_text import load_tokenizer
 from shared.errors import DataError
 from shared.data.s2ut import cmvn_from_file, mt_token_ids, unit_sequence
-from shared.cli.generate import resolve_checkpoint
 from shared.eval.metrics import ctc_collapse
 
 CHECKPOINT_FILES = ("src_tokenizer.model", "tgt_tokenizer.model", "cmvn.npz")

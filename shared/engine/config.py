@@ -46,6 +46,12 @@ class TrainConfig:
     save_every: int = 500
     keep_last: int = 3
     max_bad_steps: int = 5                 # stop after this many non-finite steps in a row
+    # Start a new run from weights (step 0, this config's optimizer and schedule): a checkpoint
+    # or run directory of the same family from either backend, or what the family imports
+    # (the LM: a Hugging Face Llama directory). init_exclude: name patterns (fnmatch, e.g.
+    # "output.*") kept at their initial values.
+    init_from: str = ""
+    init_exclude: list[str] = field(default_factory=list)
 
     def validate(self):
         for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "log_every",

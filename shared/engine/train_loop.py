@@ -136,6 +136,45 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+def initial_weights(config: RunConfig) -> dict[str, np.ndarray] | None:
+    """train.init_from: the weights a new run starts from (None: the spec's own initial
+    weights). Parameters matching train.init_exclude keep the spec's initial values; every
+    other parameter must be in the source with this model's shape, or one error lists them."""
+    from fnmatch import fnmatch
+
+    from shared.engine.checkpoint import resolve_checkpoint
+
+    tc = config.train
+    if not tc.init_from:
+        return None
+    family, source = get_family(config.family), Path(tc.init_from)
+    if not source.is_dir():
+        raise ConfigError(f"train.init_from {source}: no such checkpoint, run or model directory")
+    imported = family.import_weights(source) if family.import_weights else None
+    if imported is None:
+        ckpt = resolve_checkpoint(source)
+        other, _, _, weights, _ = open_checkpoint(ckpt)
+        if other != config.family:
+            raise ConfigError(f"train.init_from {ckpt} holds a {other!r} model; this run trains "
+                              f"{config.family!r}: start from a checkpoint of the same family")
+        source = ckpt
+    else:
+        weights = imported[1]
+    manifest = family.manifest(config.model)
+    excluded = [p.name for p in manifest if any(fnmatch(p.name, pat) for pat in tc.init_exclude)]
+    wrong = [f"{p.name}: {source} has {tuple(weights[p.name].shape) if p.name in weights else 'none'}, "
+             f"the model {p.shape}" for p in manifest
+             if p.name not in excluded and (p.name not in weights or tuple(weights[p.name].shape) != p.shape)]
+    if wrong:
+        more = f" (and {len(wrong) - 10} more)" if len(wrong) > 10 else ""
+        raise ConfigError(f"train.init_from {source} does not fit this model: {'; '.join(wrong[:10])}"
+                          f"{more}; change model.* to match, or list the parameters in "
+                          f"train.init_exclude to keep them at their initial values")
+    start = family.init_weights(config.model, tc.seed) if excluded else {}
+    return {p.name: (start[p.name] if p.name in excluded else np.asarray(weights[p.name], np.float32))
+            for p in manifest}
+
+
 def _row_step(line: str) -> float:
     """A metrics row's step; a line cut short by a killed run counts as after every step."""
     try:
@@ -156,10 +195,11 @@ class Run:
         self.rank, self.world_size = rank, world_size
         self.progress = progress and sys.stderr.isatty()
         tc = config.train
-        weights = None
         if resume is not None:  # checked before any data is built
             ckpt = find_checkpoint(resume)
             weights = _resumable_weights(ckpt, config)
+        else:
+            weights = initial_weights(config)
         self.predicted_peak, plan_line = self._check_memory_plan(trainer_cls.backend, force)
         self.task = make_task(config, self.out, rank, world_size)
         self.state = TrainState()
@@ -168,6 +208,9 @@ class Run:
             self.log(plan_line)
         if resume is not None:
             self._restore(ckpt)
+        elif tc.init_from:
+            self.log(f"starting from the weights of {tc.init_from}"
+                     + (f" (kept at their initial values: {', '.join(tc.init_exclude)})" if tc.init_exclude else ""))
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         self._interrupted = False

@@ -1,6 +1,7 @@
 """The Korean LLaMA-style language model (seed 001)."""
 from shared.data.lm_text import DataConfig
 from shared.errors import ConfigError
+from shared.interop.hf_llama import read_hf_directory
 from shared.planner.lm import LM_MEMORY
 from shared.registry import Family, register
 from shared.specs.lm import LMSpec, lm_init_weights, lm_manifest, lm_param_counts, lm_train_flops_per_token
@@ -20,4 +21,5 @@ LM = register(Family(
     data_config=DataConfig, task=LMTask, random_batch=lm_batch, memory=LM_MEMORY,
     unit="tokens", units_per_example=lambda config: config.seq_length,
     flops_per_unit=lambda config: lm_train_flops_per_token(config.model, config.seq_length),
-    inference="generation", bench_configs=("configs/tiny.yaml",), check_config=check_config))
+    inference="generation", bench_configs=("configs/tiny.yaml",), check_config=check_config,
+    import_weights=read_hf_directory))

@@ -18,8 +18,7 @@ import sys
 from pathlib import Path
 
 from shared.cli import check_output_dir, run_cli
-from shared.cli.generate import resolve_checkpoint
-from shared.engine.checkpoint import open_checkpoint, write_directory
+from shared.engine.checkpoint import open_checkpoint, resolve_checkpoint, write_directory
 from shared.errors import CheckpointError
 from shared.interop.hf_llama import (DTYPES, HF_CONFIG_FILE, HF_WEIGHTS_FILE, TOKENIZER_FILE,
                              cast_weights, spec_to_hf_config, to_hf_weights)

@@ -253,3 +253,14 @@ def _read_json(path: Path) -> dict:
     if not isinstance(value, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
     return value
+
+
+def read_hf_directory(directory) -> tuple[LMSpec, dict[str, np.ndarray]] | None:
+    """A Hugging Face Llama directory as (spec, canonical weights); None if `directory` holds
+    no config.json (not one). What train.init_from reads for the LM (shared/families/lm.py)."""
+    directory = Path(directory)
+    if not (directory / HF_CONFIG_FILE).is_file():
+        return None
+    cfg, hf_weights = load_hf_checkpoint(directory)
+    spec = hf_config_to_spec(cfg, source=str(directory / HF_CONFIG_FILE))
+    return spec, from_hf_weights(hf_weights, spec, source=f"Hugging Face model {directory}")
