@@ -1,6 +1,7 @@
 """Chunked overlap-add separation, against the unchunked result."""
 import numpy as np
 import pytest
+import soundfile as sf
 
 from shared.audio.chunked import fade_window, separate
 
@@ -36,3 +37,18 @@ def test_fade_window_and_bad_overlap():
     assert w.min() > 0 and w[3:5].tolist() == [1.0, 1.0]
     with pytest.raises(ValueError, match="overlap"):
         separate(np.zeros((1, 10), np.float32), lambda x: x[:, None], 4, overlap=1.0)
+
+
+def test_audio_at_another_rate_is_resampled_on_reading(tmp_path, capsys):
+    """A 1 kHz tone at 48 kHz, read for a 16 kHz model: a third of the samples, and the tone
+    still at 1 kHz (its spectrum's peak), with a note saying so."""
+    from shared.audio.files import read_audio_file
+    t = np.arange(48000) / 48000
+    sf.write(str(tmp_path / "tone.wav"), (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32), 48000)
+    audio, rate = read_audio_file(tmp_path / "tone.wav", 16000)
+    assert rate == 16000 and audio.shape == (16000, 1) and audio.dtype == np.float32
+    spectrum = np.abs(np.fft.rfft(audio[:, 0]))
+    assert np.argmax(spectrum) == 1000                       # 1 Hz bins over one second
+    assert "tone.wav is 48000 Hz; resampled to the model's 16000 Hz" in capsys.readouterr().err
+    same, rate = read_audio_file(tmp_path / "tone.wav")     # no target: as stored
+    assert rate == 48000 and same.shape == (48000, 1)

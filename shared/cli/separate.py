@@ -25,10 +25,7 @@ from shared.errors import CheckpointError, DataError
 
 def read_input(path: Path, sample_rate: int, channels: int) -> np.ndarray:
     """(C, T) float32; mono is copied to every channel the model expects."""
-    audio, rate = read_audio_file(path)
-    if rate != sample_rate:
-        raise DataError(f"{path} is {rate} Hz but the model was trained at {sample_rate} Hz; "
-                        f"resample it first, e.g. sox {path.name} -r {sample_rate} out.wav")
+    audio, _ = read_audio_file(path, sample_rate)
     audio = audio.T
     if audio.shape[0] == 1 and channels > 1:
         audio = np.repeat(audio, channels, axis=0)

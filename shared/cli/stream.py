@@ -35,11 +35,9 @@ CHECKPOINT_FILES = ("src_tokenizer.model", "tgt_tokenizer.model", "cmvn.npz")
 
 
 def read_speech(path: Path, sample_rate: int) -> np.ndarray:
-    """(samples,) float32 mono at the model's rate, or a DataError that says how to convert."""
-    audio, rate = read_audio_file(path)
-    if rate != sample_rate:
-        raise DataError(f"{path} is {rate} Hz; this model takes {sample_rate} Hz mono (its "
-                        f"data.sample_rate): sox {path.name} -r {sample_rate} -c 1 out.wav")
+    """(samples,) float32 mono at the model's rate (resampled if need be), or a DataError
+    that says how to convert."""
+    audio, _ = read_audio_file(path, sample_rate)
     if audio.shape[1] != 1:
         raise DataError(f"{path} has {audio.shape[1]} channels; EchoStream takes mono: "
                         f"sox {path.name} -c 1 out.wav")
