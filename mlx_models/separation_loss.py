@@ -31,7 +31,7 @@ def total(x, axes):
 
 def si_sdr(reference, estimate, eps: float = SI_SDR_EPS):
     """SI-SDR in dB per (item, source), channels and time scored together as one signal
-    (shared/eval/metrics.py's definition): (..., C, T) -> (...)."""
+    (shared/eval/separation.py's definition): (..., C, T) -> (...)."""
     axes = (-2, -1)
     scale = total(estimate * reference, axes) / (total(reference * reference, axes) + eps)
     target = scale * reference

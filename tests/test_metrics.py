@@ -1,4 +1,4 @@
-"""shared/eval/metrics.py against hand-computable cases and an independent implementation.
+"""shared/eval/separation.py and shared/eval/text.py against hand-computable cases and an independent implementation.
 
 The reference is mir_eval's BSS Eval (`mir_eval.separation.bss_eval_sources`, the Python
 port of the BSS Eval toolbox that museval extends). Its SDR is not the plain SDR: it
@@ -19,8 +19,7 @@ import warnings
 import numpy as np
 import pytest
 
-from shared.eval.metrics import (chunk_sdrs, csdr, csdr_over_tracks, sdr, si_sdr,
-                            usdr_over_tracks)
+from shared.eval.separation import chunk_sdrs, csdr, csdr_over_tracks, sdr, si_sdr, usdr_over_tracks
 
 FILTER_TAPS = 512  # BSS Eval's distortion filter length (mir_eval and museval default)
 
@@ -148,13 +147,13 @@ def test_shape_errors():
 # ------------------------------------------------------------------ speech / translation
 import functools  # noqa: E402
 
-from shared.eval.metrics import (char_error_rate, corpus_bleu, ctc_collapse, edit_distance,  # noqa: E402
-                            unit_error_rate, word_error_rate)
+from shared.eval.text import (char_error_rate, corpus_bleu, ctc_collapse, edit_distance,  # noqa: E402
+                              unit_error_rate, word_error_rate)
 
 
 def reference_edit_distance(a, b) -> int:
     """Levenshtein distance by the textbook recursion over suffixes (memoised), written
-    independently of shared.eval.metrics' row-by-row DP."""
+    independently of shared.eval.text's row-by-row DP."""
     a, b = tuple(a), tuple(b)
 
     @functools.lru_cache(maxsize=None)

@@ -13,7 +13,7 @@ from torch_models.stft import stft
 
 def si_sdr(reference, estimate, eps: float = SI_SDR_EPS):
     """SI-SDR in dB per (item, source), channels and time scored together as one signal
-    (shared/eval/metrics.py's definition): (..., C, T) -> (...)."""
+    (shared/eval/separation.py's definition): (..., C, T) -> (...)."""
     dims = (-2, -1)
     scale = torch.sum(estimate * reference, dim=dims) / (torch.sum(reference * reference, dim=dims) + eps)
     target = scale[..., None, None] * reference

@@ -29,7 +29,7 @@ from shared.cli import run_cli
 from shared.data.lm_text import load_tokenizer
 from shared.errors import DataError
 from shared.data.s2ut import cmvn_from_file, mt_token_ids, unit_sequence
-from shared.eval.metrics import ctc_collapse
+from shared.eval.text import ctc_collapse
 
 CHECKPOINT_FILES = ("src_tokenizer.model", "tgt_tokenizer.model", "cmvn.npz")
 

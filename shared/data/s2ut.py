@@ -428,7 +428,7 @@ def mt_token_ids(tokens) -> list[int]:
 def unit_sequence(unit_argmax, length: int) -> list[int]:
     """A row of the unit decoder's per-frame argmax as units: CTC-collapsed, then ids back
     to units (the inverse of `unit_id`)."""
-    from shared.eval.metrics import ctc_collapse
+    from shared.eval.text import ctc_collapse
     return [u - 1 for u in ctc_collapse(unit_argmax, length, blank=BLANK)]
 
 

@@ -40,8 +40,7 @@ class EchoStreamTask:
 
     def evaluate(self, trainer) -> dict:
         from shared.data.s2ut import mt_token_ids, unit_sequence
-        from shared.eval.metrics import (char_error_rate, corpus_bleu, ctc_collapse,
-                                    unit_error_rate, word_error_rate)
+        from shared.eval.text import char_error_rate, corpus_bleu, ctc_collapse, unit_error_rate, word_error_rate
 
         dev, src_sp, tgt_sp = self.corpus.dev, self.corpus.src_tokenizer, self.corpus.tgt_tokenizer
         sums, count = {}, 0

@@ -44,7 +44,7 @@ class SeparationTask:
 
     def evaluate(self, trainer) -> dict:
         from shared.data.musdb import STEMS
-        from shared.eval.metrics import csdr, csdr_over_tracks, sdr, usdr_over_tracks
+        from shared.eval.separation import csdr, csdr_over_tracks, sdr, usdr_over_tracks
         from shared.audio.chunked import separate
 
         row = {"val_loss": float(np.mean([trainer.eval_loss(b) for b in self.val_batches]))}

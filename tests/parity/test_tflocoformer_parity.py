@@ -120,8 +120,8 @@ def test_group_norm_is_accurate_on_large_feature_maps(record):
 
 
 def test_si_sdr_loss_matches_shared_metric(spec):
-    """The training objective is shared/eval/metrics.py's SI-SDR (channels scored together)."""
-    from shared.eval.metrics import si_sdr
+    """The training objective is shared/eval/separation.py's SI-SDR (channels scored together)."""
+    from shared.eval.separation import si_sdr
     data = batch(spec, seed=4)
     est = data["sources"] + 0.1 * np.random.default_rng(5).standard_normal(data["sources"].shape).astype(np.float32)
     ref = np.array([[si_sdr(data["sources"][i, s], est[i, s], eps=1e-8) for s in range(spec.n_sources)]

@@ -1,0 +1,2 @@
+"""Metrics users compare: separation (shared/eval/separation.py) and speech/text
+(shared/eval/text.py)."""
