@@ -2,7 +2,7 @@
 
     python bench/gpu_check.py                      # on the GPU: < 8 minutes, writes gpu_check/
     python bench/gpu_check.py --out DIR --budget-s 420
-    python bench/gpu_check.py --dry-run            # anywhere: tiny sizes on the CPU, ~30 s
+    python bench/gpu_check.py --dry-run            # anywhere: tiny sizes on the CPU, < 1 minute
 
 Five parts, each timed and guarded (an error is recorded and the next part runs):
 
