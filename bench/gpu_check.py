@@ -163,10 +163,10 @@ def error_text(e: BaseException) -> str:
 
 
 def case(ctx: Context, rows: list, name: str, estimate_s: float, measure: Callable[[], dict],
-         label: str = "") -> dict:
+         label: str = "", free: bool = True) -> dict:
     """One guarded measurement: its row says ok (with the numbers), skipped (with a reason)
     or error (with the text). The row is in `rows` before it runs, so an interrupted part
-    keeps it."""
+    keeps it. `free`: release GPU memory afterwards (always after an error, e.g. an OOM)."""
     row = {"case": name}
     rows.append(row)
     if ctx.part_left() < estimate_s:
@@ -182,7 +182,8 @@ def case(ctx: Context, rows: list, name: str, estimate_s: float, measure: Callab
             row["traceback"] = traceback.format_exc(limit=-3)
         finally:
             row["seconds"] = round(time.monotonic() - start, 2)
-            ctx.free()
+            if free or row.get("status") != "ok":
+                ctx.free()
     detail = row.get("reason") or row.get("error") or row.get("summary", "")
     ctx.log(f"  {label or name}: {row['status']}{' - ' + detail if detail else ''}")
     return row
@@ -631,7 +632,13 @@ def calibration_file(value: str):
 
 
 def shipped_configs() -> list[Path]:
-    return sorted((REPO / "configs").glob("*.yaml"))
+    """configs/*.yaml, one family after another in turn: if time runs out, every family
+    has had its first configs measured."""
+    by_family: dict[str, list[Path]] = {}
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        by_family.setdefault(load_config(path).family, []).append(path)
+    queues = list(by_family.values())
+    return [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
 
 
 def measure_planner(ctx: Context, result: dict) -> None:
@@ -656,7 +663,7 @@ def measure_planner(ctx: Context, result: dict) -> None:
         else:
             config, overrides = fitted_for_measurement(config, ctx.device_memory, MEMORY_SHARE, ctx.plan_device)
             result["configs"][name] = {"overrides": overrides}
-        estimate = 3 if ctx.dry_run else 25
+        estimate = 3 if ctx.dry_run else 10
         if ctx.part_left() < estimate:
             result["rows"].append({"case": name, "status": "skipped", "reason": "skipped: time budget"})
             ctx.log(f"  planner {name}: skipped (time budget)")
@@ -685,7 +692,7 @@ def measure_config(ctx: Context, rows: list, name: str, config, overrides: dict)
                 variant = with_overrides(config, {"train.gradient_checkpointing": checkpointing})
                 case(ctx, rows, f"{name} {attention}{' ckpt' if checkpointing else ''}", 1,
                      lambda: measure_step(ctx, trainer, variant, name, overrides, attention, micro),
-                     label=f"planner {name} {attention}{' checkpointing' if checkpointing else ''}")
+                     label=f"planner {name} {attention}{' checkpointing' if checkpointing else ''}", free=False)
     except Exception as e:   # noqa: BLE001 -- building or warming up failed: one row says so
         rows.append({"case": name, "status": "error", "error": error_text(e)})
         ctx.log(f"  planner {name}: error - {error_text(e)}")
@@ -836,7 +843,7 @@ def part_seed003(ctx: Context, result: dict) -> None:
         trainer.train_step([micro], config.train.learning_rate)
     for attention in ("math", "flash"):
         case(ctx, result["rows"], attention, 5, lambda: seed003_step(ctx, trainer, config, attention, micro),
-             label=f"seed 003 {attention}")
+             label=f"seed 003 {attention}", free=False)
     trainer = None
     ctx.free()
     rows = {r["case"]: r for r in result["rows"] if r["status"] == "ok"}
@@ -1018,6 +1025,20 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def finite(x):
+    """NaN and infinities as strings: strict JSON has no such numbers (a diverged fp16
+    curve can produce them)."""
+    if isinstance(x, (np.floating, np.integer)):
+        x = x.item()
+    if isinstance(x, float) and not np.isfinite(x):
+        return str(x)
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite(v) for v in x]
+    return x
+
+
 def to_json(x):
     if isinstance(x, (np.floating, np.integer)):
         return x.item()
@@ -1071,7 +1092,8 @@ def main(argv=None) -> int:
 
     def save():
         report["wall_s"] = round(ctx.elapsed(), 1)
-        (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=to_json) + "\n")
+        (out / "gpu_check.json").write_text(json.dumps(finite(report), indent=1, default=to_json,
+                                                       allow_nan=False) + "\n")
         (out / "gpu_check.md").write_text(markdown(report))
 
     run_parts(wanted, ctx, report, save)
