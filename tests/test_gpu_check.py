@@ -133,3 +133,24 @@ def test_configs_are_sized_to_fit_the_gpu_before_they_are_measured(path):
     worst = plan(with_overrides(fitted, {"train.gradient_checkpointing": False}), "torch", "math")
     assert worst.peak_bytes <= 0.4 * 80e9
     assert "hardware.device" not in overrides and with_overrides(config, overrides).train == fitted.train
+
+
+def test_a_part_that_runs_past_its_share_is_stopped_and_the_next_one_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "PART_GRACE_S", 0.5)
+    ctx = gpu_check.Context(device=gpu_check.torch.device("cpu"), dry_run=True, out=tmp_path,
+                            budget_s=2.0 + 10.0, started=time.monotonic())
+
+    def hangs(ctx, result):
+        result["rows"] = [{"case": "stuck"}]
+        time.sleep(30)
+
+    parts = [gpu_check.Part("slow", "Slow", hangs, lambda r: [], 1.0),
+             gpu_check.Part("next", "Next", lambda ctx, result: result.update(rows=[]), lambda r: [], 5.0)]
+    report = {"parts": {}}
+    start = time.monotonic()
+    gpu_check.run_parts(parts, ctx, report, lambda: None)
+    assert time.monotonic() - start < 5                     # 12 s / 6 = 2 s share + 0.5 s grace
+    slow = report["parts"]["slow"]
+    assert slow["status"] == "error" and "time budget" in slow["error"]
+    assert slow["result"]["rows"] == [{"case": "stuck", "status": "error", "error": "interrupted: time budget"}]
+    assert report["parts"]["next"]["status"] == "ok"
