@@ -29,7 +29,7 @@ def units_per_step(config: RunConfig) -> float:
 
 # ---------------------------------------------------------------------------- measuring
 # Substrings of a device name -> shared/planner/hardware.py profile, for MFU.
-DEVICE_PROFILES = [("H100", "h100_80gb"), ("RTX PRO 6000", "rtx_pro_6000_96gb"),
+DEVICE_PROFILES = [("H100", "h100_80gb"), ("H200", "h200_141gb"), ("RTX PRO 6000", "rtx_pro_6000_96gb"),
                    ("RTX 5090", "rtx_32gb"), ("M4 Max", "m4max_36gb"), ("M2", "m2_8gb")]
 
 

@@ -13,7 +13,8 @@ from memory_accuracy import SCALED, measure_peak, scaled_config  # noqa: E402
 from shared.planner.batch_finder import OutOfMemory, find_max_batch, planned_max_batch
 from shared.engine.config import load_config
 from shared.planner.hardware import get_profile
-from shared.planner.core import GB, budget_bytes, fit, plan, suggestions, with_overrides
+from shared.errors import ConfigError
+from shared.planner.core import CALIBRATION_ENV, GB, budget_bytes, fit, plan, suggestions, with_overrides
 from shared.registry import get_family
 from shared.specs.base import count_params
 
@@ -90,7 +91,8 @@ def test_each_suggestion_lowers_memory_and_batch_changes_keep_the_effective_batc
     assert advice[0].keeps_effective_batch
 
 
-def test_torch_plan_orders_attention_paths_and_checkpointing():
+def test_torch_plan_orders_attention_paths_and_checkpointing(monkeypatch):
+    monkeypatch.setenv(CALIBRATION_ENV, "none")     # the derived terms, calibration file or not
     config = load_config(ROOT / "configs/cuda_lm.yaml")
     flash, math = plan(config, "torch", "flash"), plan(config, "torch", "math")
     assert math.peak_bytes > flash.peak_bytes
@@ -100,9 +102,46 @@ def test_torch_plan_orders_attention_paths_and_checkpointing():
     assert not flash.calibrated
 
 
-def cli(*args):
+def cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "shared.plan", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=120)
+                          text=True, cwd=ROOT, timeout=120, env=env)
+
+
+def test_cuda_calibration_scales_the_activations_of_torch_plans_on_cuda_only(tmp_path, monkeypatch):
+    """bench/gpu_check.py writes measured/predicted activation factors per family and
+    attention path; the planner scales torch-on-CUDA activation terms by them. No file, or
+    no factor for the family and path: the plan is exactly the derived one."""
+    import os
+    config = load_config(ROOT / "configs/cuda_lm.yaml")
+    on_cpu = with_overrides(config, {"hardware.device": "cpu"})
+    monkeypatch.setenv(CALIBRATION_ENV, "none")
+    derived = {a: plan(config, "torch", a) for a in ("flash", "math")}
+    mlx, cpu = plan(config, "mlx"), plan(on_cpu, "torch")
+    monkeypatch.setenv(CALIBRATION_ENV, str(tmp_path / "missing.json"))
+    assert plan(config, "torch", "flash") == derived["flash"]
+    path = tmp_path / "cuda_calibration.json"
+    path.write_text(json.dumps({"device": "NVIDIA Test GPU", "date": "2026-01-01",
+                                "factors": {"lm": {"flash": 1.5}}}))
+    monkeypatch.setenv(CALIBRATION_ENV, str(path))
+    flash = plan(config, "torch", "flash")
+    assert flash.calibrated and "NVIDIA Test GPU" in flash.calibration
+    assert [t.name for t in flash.terms] == [t.name for t in derived["flash"].terms]
+    for before, after in zip(derived["flash"].terms, flash.terms):
+        factor = 1.5 if before.name.startswith("activations:") else 1.0
+        assert after.bytes == pytest.approx(factor * before.bytes), before.name
+    assert flash.largest == derived["flash"].largest
+    assert plan(config, "torch") == flash                       # flash: the default on CUDA
+    assert plan(config, "torch", "math") == derived["math"]     # no factor for math
+    assert plan(config, "mlx") == mlx and plan(on_cpu, "torch") == cpu
+    out = cli("--config", "configs/cuda_lm.yaml", "--device", "h100_80gb",
+              env=os.environ | {CALIBRATION_ENV: str(path)})
+    assert out.returncode == 0, out.stderr
+    assert "activations calibrated on CUDA: NVIDIA Test GPU, 2026-01-01" in out.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"factors": {"lm": {"flash": -1}}}))
+    monkeypatch.setenv(CALIBRATION_ENV, str(bad))
+    with pytest.raises(ConfigError, match="positive numbers: lm.flash"):
+        plan(config, "torch")
 
 
 def test_cli_table_and_json():

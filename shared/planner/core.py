@@ -12,7 +12,11 @@ framework actually keeps for the backward pass of one micro-batch:
   (bench/calibrate_memory.py); docs/memory.md has the accuracy table.
 - torch on CUDA with SDPA's flash / memory-efficient kernels keeps no T x T tensor; its
   terms are derived from the list of tensors autograd saves in our block (not yet
-  calibrated on a GPU: no GPU was available when this was written).
+  calibrated on a GPU: no GPU was available when this was written). When
+  shared/planner/cuda_calibration.json exists (written by bench/gpu_check.py on a GPU),
+  the "activations:" terms of torch plans on CUDA are scaled by its per-family,
+  per-attention-path factors and the plan is marked calibrated; without the file, plans
+  are exactly as derived.
 
 Everything is in bytes. This file is the accounting every family shares and the advice
 built on it (suggestions, fit); each family's activation model is a MemoryModel in a file
@@ -21,10 +25,14 @@ of its own (shared/planner/<family>.py), registered with the family (shared/regi
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from shared.engine.config import cpu_parts
+from shared.errors import ConfigError
 from shared.planner.hardware import HardwareProfile
 from shared.registry import get_family
 
@@ -53,6 +61,7 @@ class MemoryPlan:
     terms: list[Term]
     largest: Allocation
     calibrated: bool
+    calibration: str | None = None    # where a calibration came from, when not the family's own
 
     @property
     def peak_bytes(self) -> float:
@@ -136,6 +145,8 @@ def plan(config, backend: str, attention: str | None = None) -> MemoryPlan:
         raise ValueError(f"unknown backend {backend!r}; expected mlx or torch")
     device_type = "cpu" if config.hardware.device == "cpu" else "cuda"
     result = get_family(config.family).memory.plan(config, backend, attention, device_type)
+    if (backend, device_type) == ("torch", "cuda"):
+        result = cuda_calibrated(result, config.family, attention or default_attention(device_type))
     parts = cpu_parts(config.train, config.family) if (backend, device_type) == ("mlx", "cpu") else 1
     if parts > 1:
         extra = Term("gradients of parallel CPU parts", parts_gradient_bytes(config, parts),
@@ -150,6 +161,61 @@ def parts_gradient_bytes(config, parts: int) -> float:
     are whole before they are added up, one float32 copy per extra part. (Their
     activations add up to the whole batch's at most.)"""
     return 4 * get_family(config.family).param_counts(config.model)["total"] * (parts - 1)
+
+
+# ----------------------------------------------------------------------------- CUDA calibration
+# bench/gpu_check.py measures torch.cuda.max_memory_allocated() against these plans on a GPU
+# and writes, per family and attention path, measured / predicted activation bytes:
+#   {"device": ..., "torch": ..., "date": ..., "factors": {family: {"flash": f, "math": f}}}
+# WORKBENCH_CUDA_CALIBRATION=PATH reads another file; =none reads none.
+CUDA_CALIBRATION_FILE = Path(__file__).with_name("cuda_calibration.json")
+CALIBRATION_ENV = "WORKBENCH_CUDA_CALIBRATION"
+_calibrations: dict = {}
+
+
+def cuda_calibration_path() -> Path | None:
+    value = os.environ.get(CALIBRATION_ENV)
+    if value is None:
+        return CUDA_CALIBRATION_FILE
+    return None if value.strip().lower() in ("", "none") else Path(value)
+
+
+def load_cuda_calibration(path: str | Path | None = None) -> dict | None:
+    """The CUDA calibration file (default: cuda_calibration_path()), or None when there is
+    none. Read once per file version: the planner is called hundreds of times by fit()."""
+    path = cuda_calibration_path() if path is None else Path(path)
+    if path is None or not path.is_file():
+        return None
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _calibrations:
+        try:
+            data = json.loads(path.read_text())
+            factors = data["factors"]
+            bad = [f"{family}.{attention}" for family, paths in factors.items()
+                   for attention, factor in paths.items()
+                   if not isinstance(factor, (int, float)) or not factor > 0]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ConfigError(f"{path}: not a CUDA calibration file ({type(e).__name__}: {e}); "
+                              f"rerun bench/gpu_check.py or delete it") from None
+        if bad:
+            raise ConfigError(f"{path}: calibration factors must be positive numbers: {', '.join(bad)}")
+        _calibrations[key] = data
+    return _calibrations[key]
+
+
+def cuda_calibrated(result: MemoryPlan, family: str, attention: str) -> MemoryPlan:
+    """A torch plan on CUDA with its activation terms scaled by the measured factor for
+    this family and attention path; unchanged when there is no factor for them."""
+    calibration = load_cuda_calibration()
+    factor = (calibration or {}).get("factors", {}).get(family, {}).get(attention)
+    if factor is None:
+        return result
+    terms = [dataclasses.replace(t, bytes=t.bytes * factor,
+                                 detail=f"{t.detail} (x{factor:.2f} measured on CUDA)")
+             if t.name.startswith("activations:") else t for t in result.terms]
+    source = (f"activations calibrated on CUDA: {calibration.get('device', 'unknown GPU')}, "
+              f"{calibration.get('date', 'undated')}")
+    return dataclasses.replace(result, terms=terms, calibrated=True, calibration=source)
 
 
 def budget_bytes(profile: HardwareProfile) -> float:

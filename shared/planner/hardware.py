@@ -32,6 +32,10 @@ PROFILES = {p.name: p for p in [
                     209.5e12, 104.8e12, "torch", "bf16", True),
     HardwareProfile("h100_80gb", "NVIDIA H100 SXM, 80 GB", 79.1 * GB, 3350 * GB,
                     989e12, 67e12, "torch", "bf16", True),
+    # H200 SXM: the H100's compute (989 TFLOP/s bf16 dense, 67 fp32) with 141 GB of HBM3e at
+    # 4.8 TB/s; usable memory counted as for the H100 (79.1 of 80).
+    HardwareProfile("h200_141gb", "NVIDIA H200 SXM, 141 GB", 139.4 * GB, 4800 * GB,
+                    989e12, 67e12, "torch", "bf16", True),
     HardwareProfile("cpu", "CPU only (this class of machine: 2 cores, 24 GB)", 20 * GB, None,
                     None, None, "torch", "fp32", False),
 ]}

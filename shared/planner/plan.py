@@ -51,12 +51,13 @@ def report(config, profile, backend, attention) -> dict:
         "largest": asdict(p.largest), "static_gb": static / GB,
         "suggestions": [asdict(s) | {"peak_gb": s.peak_bytes / GB, "fits": s.peak_bytes <= budget}
                         for s in suggestions(config, backend, attention)],
-    }
+    } | ({"calibration": p.calibration} if p.calibration else {})
 
 
 def print_report(r: dict, config_path: str, profile) -> None:
     w = sys.stdout.write
-    cal = "calibrated on MLX" if r["calibrated"] else "derived, not yet calibrated on this backend"
+    cal = r.get("calibration") or ("calibrated on MLX" if r["calibrated"]
+                                   else "derived, not yet calibrated on this backend")
     w(f"Memory plan: {config_path} on {profile.name} ({profile.description}), backend "
       f"{r['backend']} ({cal})\n\n")
     w(f"  {'term':<34} {'GB':>8}   detail\n")
