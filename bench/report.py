@@ -105,8 +105,8 @@ def markdown(report: dict) -> str:
         f"load average at start: {', '.join(f'{x:.2f}' for x in env['load_average'] or [])}."]))
     rows = [r for run in report["runs"] for r in run["training"].values()]
     if any(not r["mfu"] for r in rows):
-        notes.append("MFU n/a: no FLOP count for the model (only the LM has one) or no known "
-                     "peak FLOP/s for the device (--hardware names one).")
+        notes.append("MFU n/a: no FLOP count for the model (the LM and band-split families "
+                     "have one) or no known peak FLOP/s for the device (--hardware names one).")
     if any(not r["peak_memory_bytes"] for r in rows):
         notes.append("Peak memory n/a: torch on CPU keeps no allocator statistics.")
     return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"

@@ -60,8 +60,11 @@ def ssd_scan(x, a, B, C, chunk: int):
     #    (C_i . B_j) exp(a_{j+1} + ... + a_i) x_j. The decays are differences of the
     #    chunk's own cumulative sums, as Mamba2's kernels compute them: no sum is longer
     #    than a chunk, and it saves segsum's two extra passes over (Q x Q).
-    causal = mx.array(np.tril(np.ones((Q, Q), bool)))
-    decay = mx.exp(mx.where(causal, a_cum[..., :, None] - a_cum[..., None, :], -mx.inf))
+    #    The causal mask is added (0 on and below the diagonal, -inf above) rather than
+    #    selected with `where`: one add instead of a select, and its gradient is the
+    #    incoming one unchanged (no second select over the (Q x Q) blocks in the backward).
+    above = mx.array(np.triu(np.full((Q, Q), -np.inf, np.float32), 1))
+    decay = mx.exp((a_cum[..., :, None] + above) - a_cum[..., None, :])
     y = ((C @ B.swapaxes(-1, -2)) * decay) @ x                    # (N, H, c, Q, P)
     # 2. Each chunk's own contribution to the state at its end.
     decay_to_end = mx.exp(a_cum[..., -1:] - a_cum)                # (N, H, c, Q)

@@ -14,8 +14,9 @@ from shared.engine.config import config_from_dict
 from shared.engine.layout import to_backend
 from shared.errors import ConfigError, SpecError
 from shared.registry import spec_from_dict
-from shared.specs.bandsplit import (BandSplitSpec, bandsplit_init_weights, bandsplit_manifest,
-                                    scale_band_widths, table_widths)
+from shared.specs.bandsplit import (BandSplitSpec, bandsplit_forward_flops, bandsplit_init_weights,
+                                    bandsplit_manifest, bandsplit_train_flops, scale_band_widths,
+                                    table_widths)
 from tests.helpers import rel_err, one_torch_thread  # noqa: F401  (an autouse fixture)
 
 
@@ -208,3 +209,25 @@ def test_bad_specs_raise_spec_error():
     assert spec_from_dict("bandsplit", {"n_fft": 16, "hop": 4, "band_widths": [4, 5]}).band_widths == (4, 5)
     with pytest.raises(ConfigError, match="band_widths"):
         config_from_dict({"family": "bandsplit", "model": {"n_fft": 16, "hop": 4, "band_widths": [4, 4]}})
+
+
+def test_flops_hand_count():
+    """The FLOP model against a count by hand for a tiny spec: n_fft 8 (5 bins) in bands of
+    2 and 3, 8 samples -> T = 3 frames, K = 2 bands; hidden 4, one DualPathModule."""
+    common = dict(n_fft=8, hop=4, band_widths=(2, 3), hidden=4, n_layers=1, mask_mlp_hidden=3)
+    # Band split: features 2*2*2 = 8 and 3*2*2 = 12 -> 2 T (8 + 12) 4 = 480. Masks (4
+    # sources): 2 T (4*3 + 3*2*4*8) + 2 T (4*3 + 3*2*4*12) = 1224 + 1800 = 3024.
+    outside = 480 + 3024
+    # Mamba2, E 8, S 2, H 2, P 4, conv over 12 channels with kernel 2, chunk 2. Per
+    # direction and length L: in_proj 2L*4*(16+4+2) + out_proj 2L*8*4 + conv 2L*12*2 = 288 L;
+    # SSD, L 3 (c 2 chunks of Q 2): CB 2*2*2*2*2 = 32, (CB*decay) x 2*2*2*2*2*4 = 128,
+    # states 2*2*2*2*4*2 = 128, carry 2*2*2*2*4*2 = 128, C.entering 128 -> 544;
+    # L 2 (one chunk): 16 + 64 + 64 + 32 + 64 = 240. Two directions per layer.
+    mamba = BandSplitSpec(**common, d_state=2, expand=2, head_dim=4, d_conv=2, chunk_size=2)
+    time_layer, band_layer = 2 * (288 * 3 + 544), 2 * (288 * 2 + 240)
+    assert bandsplit_forward_flops(mamba, 8) == outside + 2 * time_layer + 3 * band_layer == 14032
+    assert bandsplit_train_flops(mamba, 8) == 3 * 14032
+    # Transformer, FFN 8: qkv 2L*4*12 + out 2L*4*4 + FFN 2*2L*4*8 + QK^T and PV 2*2*L*L*4
+    # = 256 L + 16 L^2 -> L 3: 912, L 2: 576.
+    transformer = BandSplitSpec(**common, sequence_layer="transformer", n_heads=2, ffn_mult=2)
+    assert bandsplit_forward_flops(transformer, 8) == outside + 2 * 912 + 3 * 576 == 7056

@@ -61,8 +61,11 @@ def ssd_scan(x, a, B, C, chunk: int):
     #    (C_i . B_j) exp(a_{j+1} + ... + a_i) x_j. The decays are differences of the
     #    chunk's own cumulative sums, as Mamba2's kernels compute them: no sum is longer
     #    than a chunk, and it saves segsum's two extra passes over (Q x Q).
-    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
-    decay = torch.exp(torch.where(causal, a_cum[..., :, None] - a_cum[..., None, :], -torch.inf))
+    #    The causal mask is added (0 on and below the diagonal, -inf above) rather than
+    #    selected with `where`: one add instead of a select, and its gradient is the
+    #    incoming one unchanged (no second select over the (Q x Q) blocks in the backward).
+    above = torch.full((Q, Q), -torch.inf, dtype=a_cum.dtype, device=x.device).triu(1)
+    decay = torch.exp((a_cum[..., :, None] + above) - a_cum[..., None, :])
     y = ((C @ B.transpose(-1, -2)) * decay) @ x                   # (N, H, c, Q, P)
     # 2. Each chunk's own contribution to the state at its end.
     decay_to_end = torch.exp(a_cum[..., -1:] - a_cum)             # (N, H, c, Q)
@@ -90,7 +93,7 @@ class Mamba2(nn.Module):
         self.d_inner, self.heads, self.head_dim, self.d_state = E, H, spec.head_dim, S
         self.chunk = spec.chunk_size
         self.in_proj = nn.Linear(D, 2 * E + 2 * S + H, bias=False)
-        # Depthwise and causal: pad K-1 on both sides, keep the first L outputs.
+        # Depthwise and causal; holds the parameters, _causal_conv computes it.
         self.conv1d = nn.Conv1d(spec.conv_channels, spec.conv_channels, spec.d_conv,
                                 groups=spec.conv_channels, padding=spec.d_conv - 1)
         self.dt_bias = nn.Parameter(torch.zeros(H))
@@ -99,11 +102,23 @@ class Mamba2(nn.Module):
         self.norm = nn.RMSNorm(E, eps=spec.eps)
         self.out_proj = nn.Linear(E, D, bias=False)
 
+    def _causal_conv(self, xBC):                           # (N, L, channels)
+        """The depthwise causal conv as K shifted multiply-adds, as the MLX layer computes
+        it: on the CPU, the grouped Conv1d's backward (mkldnn) costs more than the rest of
+        the layer's element-wise work. Same parameters (conv1d.weight, conv1d.bias)."""
+        weight, L = self.conv1d.weight[:, 0], xBC.shape[1]  # (channels, K)
+        K = weight.shape[1]
+        padded = F.pad(xBC, (0, 0, K - 1, 0))
+        out = self.conv1d.bias
+        for k in range(K):
+            out = out + padded[:, k:k + L] * weight[:, k]
+        return out
+
     def forward(self, u):                                  # (N, L, hidden)
         N, L, _ = u.shape
         E, S = self.d_inner, self.d_state
         z, xBC, dt = torch.split(self.in_proj(u), [E, E + 2 * S, self.heads], dim=-1)
-        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :L].transpose(1, 2))
+        xBC = F.silu(self._causal_conv(xBC))
         # The scan runs in float32 whatever the compute dtype: exp and cumsum of decays in
         # bf16 lose the state (Mamba2's reference keeps dt and A in fp32 too).
         with torch.autocast(u.device.type, enabled=False):

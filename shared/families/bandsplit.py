@@ -2,7 +2,7 @@
 from shared.planner.bandsplit import BANDSPLIT_MEMORY
 from shared.registry import Family, register
 from shared.specs.bandsplit import (BandSplitSpec, bandsplit_init_weights, bandsplit_manifest,
-                                    bandsplit_param_counts)
+                                    bandsplit_param_counts, bandsplit_train_flops_per_second)
 from shared.tasks.separation import separator_parts
 
 BANDSPLIT = register(Family(
@@ -10,4 +10,5 @@ BANDSPLIT = register(Family(
     init_weights=bandsplit_init_weights, param_counts=bandsplit_param_counts,
     backends={"mlx": "mlx_models.bandsplit:BandSplitSeparator",
               "torch": "torch_models.bandsplit:BandSplitSeparator"},
-    memory=BANDSPLIT_MEMORY, bench_configs=("configs/bandsplit_demo.yaml",), **separator_parts()))
+    memory=BANDSPLIT_MEMORY, flops_per_unit=bandsplit_train_flops_per_second,
+    bench_configs=("configs/bandsplit_demo.yaml",), **separator_parts()))

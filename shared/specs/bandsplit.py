@@ -256,3 +256,57 @@ def bandsplit_init_weights(spec: BandSplitSpec, seed: int = 0) -> dict[str, np.n
             value = torch_default_init(p, rng)
         weights[p.name] = value.astype(np.float32)
     return weights
+
+
+# ----------------------------------------------------------------------------- FLOPs
+def _mamba2_forward_flops(spec: BandSplitSpec, L: int) -> int:
+    """One Mamba2 direction over one sequence of length L, forward: the projections, the
+    depthwise conv, and the SSD scan's matmuls as ssd_scan computes them (whole Q x Q
+    blocks per chunk, the sequence padded to whole chunks). Element-wise work (exp, SiLU,
+    the decay masks, norms) is not counted, as usual for FLOP rates."""
+    D, E, H, P, S = spec.hidden, spec.d_inner, spec.mamba_heads, spec.head_dim, spec.d_state
+    Q = min(spec.chunk_size, L)
+    c = -(-L // Q)
+    proj = 2 * L * D * (2 * E + 2 * S + H) + 2 * L * E * D       # in_proj, out_proj
+    conv = 2 * L * spec.conv_channels * spec.d_conv
+    ssd = (2 * c * Q * Q * S                 # C B^T, one group shared by the heads
+           + 2 * H * c * Q * Q * P           # (C B^T * decay) x
+           + 2 * H * c * Q * P * S           # chunk end states
+           + 2 * H * c * c * P * S           # states carried between chunks
+           + 2 * H * c * Q * S * P)          # C . entering state
+    return proj + conv + ssd
+
+
+def _transformer_forward_flops(spec: BandSplitSpec, L: int) -> int:
+    """One RoPE transformer layer over one sequence of length L, forward: qkv, out_proj,
+    the FFN, and attention's QK^T and PV over the full (non-causal) L x L."""
+    D, F = spec.hidden, spec.ffn_mult * spec.hidden
+    return 2 * L * D * 3 * D + 2 * L * D * D + 2 * 2 * L * D * F + 2 * 2 * L * L * D
+
+
+def bandsplit_forward_flops(spec: BandSplitSpec, n_samples: int) -> int:
+    """Matmul FLOPs (2 per multiply-add) of one forward pass on one example of n_samples
+    audio samples: band projections, the dual-path stack (a sequence layer along the
+    frames of each band, then across the bands of each frame), the mask MLPs. The
+    STFTs and element-wise work are not counted."""
+    T, K, D, M = 1 + n_samples // spec.hop, spec.n_bands, spec.hidden, spec.mask_hidden
+    if spec.sequence_layer == "mamba2":
+        def layer(L):
+            return 2 * _mamba2_forward_flops(spec, L)       # two directions
+    else:
+        def layer(L):
+            return _transformer_forward_flops(spec, L)
+    band_split = sum(2 * T * n * D for n in spec.band_features)
+    dual_path = spec.n_layers * (K * layer(T) + T * layer(K))
+    masks = sum(2 * T * (D * M + M * 2 * spec.n_sources * n) for n in spec.band_features)
+    return band_split + dual_path + masks
+
+
+def bandsplit_train_flops(spec: BandSplitSpec, n_samples: int) -> int:
+    """Training FLOPs of one example: forward + backward = 3 x forward."""
+    return 3 * bandsplit_forward_flops(spec, n_samples)
+
+
+def bandsplit_train_flops_per_second(config) -> float:
+    """Training FLOPs per audio second (the family's bench unit) of a RunConfig."""
+    return bandsplit_train_flops(config.model, config.data.segment_samples) / config.data.segment_seconds
