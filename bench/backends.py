@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from shared.engine.config import RunConfig
-from shared.engine.sampling import sample_next
 
 from measure import spread
 
@@ -62,18 +61,20 @@ class Backend:
     def generate(self, decoder: str, spec, seed: int, prompt: np.ndarray, new: int,
                  repeats: int) -> dict:
         """Prefill `prompt`, then decode `new` tokens greedily through the KV cache, timing
-        both; the first of repeats + 1 runs is the warm-up."""
+        both, through the decoder's step (as the generate CLI drives it: the pipelined path
+        on MLX); the first of repeats + 1 runs is the warm-up."""
         start_decoder = getattr(self, decoder)(spec, seed)
-        greedy = np.random.default_rng(0)   # sample_next wants one; unused at temperature 0
         prefill, decode = [], []
         for rep in range(repeats + 1):
-            next_logits = start_decoder()   # a fresh cache
+            step = start_decoder()   # a fresh cache
+            self.sync()
             t0 = time.perf_counter()
-            logits = next_logits(prompt)
+            token = step(prompt)
             t1 = time.perf_counter()
             for _ in range(new):
-                logits = next_logits(np.array([[sample_next(logits, 0.0, 1.0, greedy)]], np.int32))
+                token = step(np.array([[token]], np.int32))
             t2 = time.perf_counter()
+            self.sync()              # work queued past the last token: not timed
             if rep:
                 prefill.append(prompt.shape[1] / (t1 - t0))
                 decode.append(new / (t2 - t1))
@@ -152,7 +153,8 @@ class MLXBackend(Backend):
         return self.Trainer(config.model, config.train)
 
     def sync(self) -> None:
-        self.mx.synchronize()  # train_step already evaluates; kept for symmetry
+        # train_step already evaluates; a pipelined decoder leaves a step queued.
+        self.mx.synchronize()
 
     def reset_peak_memory(self) -> None:
         self.mx.reset_peak_memory()
@@ -186,7 +188,7 @@ class MLXBackend(Backend):
         return info
 
     def lm_decoder(self, spec, seed: int):
-        """Fresh-cache decoders over the spec's initial weights (as mlx_models.generate)."""
+        """Fresh-cache greedy decoders over the spec's initial weights (as mlx_models.generate)."""
         from mlx_models.generate import decoder
         model = self.models.build_model(spec, seed)
         model.eval()
@@ -242,7 +244,7 @@ class TorchBackend(Backend):
                 "parallel_info": torch.__config__.parallel_info()}
 
     def lm_decoder(self, spec, seed: int):
-        """Fresh-cache decoders over the spec's initial weights (as torch_models.generate)."""
+        """Fresh-cache greedy decoders over the spec's initial weights (as torch_models.generate)."""
         from torch_models.generate import decoder
         model = self.models.build_model(spec, seed).to(self.dev).eval()
         return lambda: decoder(model, self.dev)
