@@ -11,6 +11,10 @@ same numpy batches of random data (no data files needed), warm up (compilation i
 timed), then time --repeats blocks of --steps full optimizer steps. The backends take
 turns block by block, so a change in machine load hits both and the MLX/torch ratio of
 each block is a fair pair; the table reports medians and the spread over blocks.
+The LM's inference is greedy decoding through the step of each backend's generate CLI;
+on MLX, when mlx-lm is installed, mlx-lm's generate_step on the same weights (exported to
+a temporary Hugging Face directory) takes turns with ours run by run (a note under the
+table, "references" in the JSON).
 
 Each backend runs in a process of its own, as its training CLI does. In one process they
 would disturb each other: importing mlx_models loads OpenBLAS into the global symbol

@@ -1,5 +1,6 @@
 """bench/run.py end to end on the tiny LM: both backends, a couple of steps, every output.
 No timing assertions: CI machines are shared and slow; this checks the plumbing."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -44,9 +45,16 @@ def test_bench_writes_table_json_and_plot_for_both_backends(tmp_path):
     assert run["training"]["torch"]["parallel_parts"] == 1
     assert run["training"]["torch"]["peak_memory_bytes"] is None   # torch on CPU: no stats
     assert run["ratios"]["mlx_over_torch_step_time"]["median"] > 0
+    assert "references" not in run["inference"]["torch"]
+    if importlib.util.find_spec("mlx_lm"):    # a dev extra: mlx-lm's decoding, same weights
+        ref = run["inference"]["mlx"]["references"]["mlx-lm"]
+        assert ref["decode_tokens_per_s"]["median"] > 0
+        assert len(ref["ours_over_theirs_decode_time"]["values"]) == 2
     table = (tmp_path / "bench.md").read_text()
     assert table in out.stdout                    # printed always, written when asked
     assert "| mlx |" in table and "| torch |" in table and "MLX step time / torch" in table
+    if importlib.util.find_spec("mlx_lm"):
+        assert "mlx-lm on the same weights decodes" in table
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "bench.md", "bench.png"]
 
