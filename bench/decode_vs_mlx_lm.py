@@ -29,16 +29,33 @@ REPO = Path(__file__).resolve().parent.parent
 def ours(model):
     """Our decoder (mlx_models.generate), greedy, as the generate CLI drives it."""
     from mlx_models.generate import decoder
-    from shared.engine.sampling import sample_next
-    rng = np.random.default_rng(0)
 
     def run(prompt: np.ndarray, new: int) -> tuple[list[int], float, float]:
-        next_logits = decoder(model)
+        step = decoder(model)
         t0 = time.perf_counter()
-        tokens = [sample_next(next_logits(prompt), 0.0, 1.0, rng)]
+        tokens = [step(prompt)]
         t1 = time.perf_counter()
         for _ in range(new):
-            tokens.append(sample_next(next_logits(np.array([[tokens[-1]]], np.int32)), 0.0, 1.0, rng))
+            tokens.append(step(np.array([[tokens[-1]]], np.int32)))
+        return tokens, t0, t1
+    return run
+
+
+def numpy_logits(model):
+    """The decoder before the pipelined step (up to commit bb82d02): each token's logits
+    read back to numpy, the greedy token picked there, the next step built after."""
+    import mlx.core as mx
+
+    def run(prompt: np.ndarray, new: int) -> tuple[list[int], float, float]:
+        cache = model.make_cache()
+
+        def next_logits(ids):
+            return np.array(model(mx.array(ids), cache)[0, -1].astype(mx.float32))
+        t0 = time.perf_counter()
+        tokens = [int(np.argmax(next_logits(prompt)))]
+        t1 = time.perf_counter()
+        for _ in range(new):
+            tokens.append(int(np.argmax(next_logits(np.array([[tokens[-1]]], np.int32)))))
         return tokens, t0, t1
     return run
 
@@ -86,7 +103,8 @@ def main(argv=None) -> int:
         save_model(model, Path(tmp) / "ckpt")
         export(Path(tmp) / "ckpt", Path(tmp) / "hf")
         theirs, _ = mlx_lm_load_model(Path(tmp) / "hf")
-    decoders = {"ours": ours(model), "mlx-lm": mlx_lm_decoder(theirs)}
+    decoders = {"ours": ours(model), "ours before (numpy logits)": numpy_logits(model),
+                "mlx-lm": mlx_lm_decoder(theirs)}
 
     prompt = np.random.default_rng(args.seed).integers(0, spec.vocab_size, (1, args.prompt_tokens))
     prompt = prompt.astype(np.int32)
