@@ -6,11 +6,12 @@
 Trains nothing: builds the config's LM from its spec's initial weights, saves it as a
 checkpoint, exports that to a temporary Hugging Face Llama directory (shared.export_hf)
 and loads the directory with mlx-lm. Each repeat times every decoder once, in turns, so a
-change in machine load hits them all alike: a prefill of --prompt-tokens random tokens,
-then --tokens greedy tokens through the KV cache. Prints the median decode tokens/s of
-each, the spread (min-max) over repeats, and the median of the per-repeat time ratios
-against mlx-lm. The first repeat is a warm-up and not counted. Needs mlx-lm (a dev
-dependency).
+change in machine load hits them all alike (who goes first rotates): a prefill of
+--prompt-tokens random tokens, then --tokens greedy tokens through the KV cache. Prints
+the median decode tokens/s of each, the spread (min-max) over repeats, the median of the
+per-repeat time ratios against mlx-lm, and the process's CPU time per decoded token (all
+its threads: the work, where tokens/s is the wall time). The first repeat is a warm-up
+and not counted. Needs mlx-lm (a dev dependency).
 """
 from __future__ import annotations
 
@@ -32,12 +33,11 @@ def ours(model):
 
     def run(prompt: np.ndarray, new: int) -> tuple[list[int], float, float]:
         step = decoder(model)
-        t0 = time.perf_counter()
         tokens = [step(prompt)]
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         for _ in range(new):
             tokens.append(step(np.array([[tokens[-1]]], np.int32)))
-        return tokens, t0, t1
+        return tokens, t1, c1
     return run
 
 
@@ -51,12 +51,11 @@ def numpy_logits(model):
 
         def next_logits(ids):
             return np.array(model(mx.array(ids), cache)[0, -1].astype(mx.float32))
-        t0 = time.perf_counter()
         tokens = [int(np.argmax(next_logits(prompt)))]
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         for _ in range(new):
             tokens.append(int(np.argmax(next_logits(np.array([[tokens[-1]]], np.int32)))))
-        return tokens, t0, t1
+        return tokens, t1, c1
     return run
 
 
@@ -66,12 +65,11 @@ def mlx_lm_decoder(model):
     from mlx_lm.generate import generate_step
 
     def run(prompt: np.ndarray, new: int) -> tuple[list[int], float, float]:
-        t0 = time.perf_counter()
         steps = generate_step(mx.array(prompt[0]), model, max_tokens=new + 1)
         tokens = [next(steps)[0]]
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         tokens += [token for token, _ in steps]
-        return tokens, t0, t1
+        return tokens, t1, c1
     return run
 
 
@@ -81,7 +79,7 @@ def main(argv=None) -> int:
     p.add_argument("--config", default=str(REPO / "configs" / "tiny.yaml"), help="an LM config")
     p.add_argument("--tokens", type=int, default=64, help="greedy tokens after the first")
     p.add_argument("--prompt-tokens", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=9, help="timed turns of every decoder")
+    p.add_argument("--repeats", type=int, default=30, help="timed turns of every decoder")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -110,27 +108,31 @@ def main(argv=None) -> int:
     prompt = prompt.astype(np.int32)
     speed = {name: [] for name in decoders}
     seconds = {name: [] for name in decoders}
+    cpu_ms = {name: [] for name in decoders}
     outputs = {}
+    names = list(decoders)
     for rep in range(args.repeats + 1):
-        for name, run in decoders.items():
+        for name in names[rep % len(names):] + names[:rep % len(names)]:   # who goes first rotates
             mx.synchronize()
-            tokens, t0, t1 = run(prompt, args.tokens)
-            t2 = time.perf_counter()
+            tokens, t1, c1 = decoders[name](prompt, args.tokens)
+            t2, c2 = time.perf_counter(), time.process_time()
             mx.synchronize()   # work a decoder queued beyond its last token is not timed
             outputs[name] = tokens
             if rep:
                 speed[name].append(args.tokens / (t2 - t1))
                 seconds[name].append(t2 - t1)
+                cpu_ms[name].append(1e3 * (c2 - c1) / args.tokens)
 
     print(f"{args.config}: prompt {args.prompt_tokens} tokens, then {args.tokens} greedy tokens; "
           f"{args.repeats} repeats after a warm-up, decoders in turns; mlx {mx.__version__}")
-    print("| decoder | decode tokens/s (median) | min-max | decode time / mlx-lm's (median) |")
-    print("|---|---|---|---|")
+    print("| decoder | decode tokens/s: median | min-max | decode time / mlx-lm's: median "
+          "(min-max) | CPU ms/token (all threads): median |")
+    print("|---|---|---|---|---|")
     for name in decoders:
         ratios = [a / b for a, b in zip(seconds[name], seconds["mlx-lm"])]
         print(f"| {name} | {statistics.median(speed[name]):.1f} | {min(speed[name]):.1f}-"
               f"{max(speed[name]):.1f} | {statistics.median(ratios):.3f} "
-              f"({min(ratios):.3f}-{max(ratios):.3f}) |")
+              f"({min(ratios):.3f}-{max(ratios):.3f}) | {statistics.median(cpu_ms[name]):.2f} |")
     same = {name: out == outputs["mlx-lm"] for name, out in outputs.items()}
     print("same greedy tokens as mlx-lm: " + ", ".join(f"{n}: {'yes' if s else 'NO'}"
                                                        for n, s in same.items()))
