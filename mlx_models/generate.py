@@ -44,8 +44,8 @@ def decoder(model, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
     Pipelined as mlx-lm's generate_step: before step returns token k it queues (mx.async_eval)
     the forward pass that feeds token k back and picks token k+1, so the model computes
     while the caller prints token k. The next step([[k]]) then only waits for that result.
-    A step fed anything else first drops the queued position from the cache: the result
-    is the same as unpipelined (pipeline=False), only slower."""
+    A step fed anything else first drops the queued position from the cache: greedy, the
+    tokens are those of pipeline=False; sampling, the dropped pick's key stays spent."""
     import mlx.core as mx
 
     cache = model.make_cache()
