@@ -42,8 +42,10 @@ def decoder(model, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
     eval mode) and return the token picked after them (token_picker), as a Python int.
 
     Pipelined as mlx-lm's generate_step: before step returns token k it queues (mx.async_eval)
-    the forward pass that feeds token k back and picks token k+1, so the model computes
-    while the caller prints token k. The next step([[k]]) then only waits for that result.
+    the forward pass that feeds token k back and picks token k+1, so that the model can
+    compute while the caller prints token k; the next step([[k]]) only waits for that
+    result. (On MLX's CPU backend async_eval returns only once all but ~10 of the step's
+    primitives have run, so little overlaps there: docs/benchmarks.md.)
     A step fed anything else first drops the queued position from the cache: greedy, the
     tokens are those of pipeline=False; sampling, the dropped pick's key stays spent."""
     import mlx.core as mx
