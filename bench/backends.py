@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from shared.engine.config import RunConfig
-from shared.engine.sampling import sample_next
 
 from measure import spread
 
@@ -62,24 +61,46 @@ class Backend:
     def generate(self, decoder: str, spec, seed: int, prompt: np.ndarray, new: int,
                  repeats: int) -> dict:
         """Prefill `prompt`, then decode `new` tokens greedily through the KV cache, timing
-        both; the first of repeats + 1 runs is the warm-up."""
-        start_decoder = getattr(self, decoder)(spec, seed)
-        greedy = np.random.default_rng(0)   # sample_next wants one; unused at temperature 0
-        prefill, decode = [], []
+        both, through the decoder's step (as the generate CLI drives it: the pipelined path
+        on MLX). Other decoders of the same weights (reference_decoders: mlx-lm's on MLX)
+        take turns with ours run by run, and are reported under "references" with the
+        per-run ratios of our decode time to theirs. The first of repeats + 1 runs of
+        each is the warm-up."""
+        decoders = {"ours": getattr(self, decoder)(spec, seed),
+                    **self.reference_decoders(decoder, spec, seed, new + 1)}
+        prefill = {name: [] for name in decoders}
+        decode = {name: [] for name in decoders}
         for rep in range(repeats + 1):
-            next_logits = start_decoder()   # a fresh cache
-            t0 = time.perf_counter()
-            logits = next_logits(prompt)
-            t1 = time.perf_counter()
-            for _ in range(new):
-                logits = next_logits(np.array([[sample_next(logits, 0.0, 1.0, greedy)]], np.int32))
-            t2 = time.perf_counter()
-            if rep:
-                prefill.append(prompt.shape[1] / (t1 - t0))
-                decode.append(new / (t2 - t1))
-        return {"prompt_tokens": prompt.shape[1], "new_tokens": new,
-                "prefill_tokens_per_s": spread(prefill), "decode_tokens_per_s": spread(decode),
-                "metric": "decode tokens/s", "value": spread(decode)}
+            for name, start_decoder in decoders.items():
+                step = start_decoder()   # a fresh cache
+                self.sync()
+                t0 = time.perf_counter()
+                token = step(prompt)
+                t1 = time.perf_counter()
+                for _ in range(new):
+                    token = step(np.array([[token]], np.int32))
+                t2 = time.perf_counter()
+                self.sync()              # work queued past the last token: not timed
+                if rep:
+                    prefill[name].append(prompt.shape[1] / (t1 - t0))
+                    decode[name].append(new / (t2 - t1))
+        result = {"prompt_tokens": prompt.shape[1], "new_tokens": new,
+                  "prefill_tokens_per_s": spread(prefill["ours"]),
+                  "decode_tokens_per_s": spread(decode["ours"]),
+                  "metric": "decode tokens/s", "value": spread(decode["ours"])}
+        references = {name: {"prefill_tokens_per_s": spread(prefill[name]),
+                             "decode_tokens_per_s": spread(decode[name]),
+                             "ours_over_theirs_decode_time": spread(
+                                 [theirs / ours for ours, theirs in zip(decode["ours"], decode[name])])}
+                      for name in decoders if name != "ours"}
+        if references:
+            result["references"] = references
+        return result
+
+    def reference_decoders(self, decoder: str, spec, seed: int, max_tokens: int) -> dict:
+        """{name: start() -> step} of other implementations, behind the same step contract,
+        to time against ours (none by default)."""
+        return {}
 
     def separation(self, spec, seed: int, mixture: np.ndarray, chunk: int, sample_rate: int,
                    repeats: int) -> dict:
@@ -152,7 +173,8 @@ class MLXBackend(Backend):
         return self.Trainer(config.model, config.train)
 
     def sync(self) -> None:
-        self.mx.synchronize()  # train_step already evaluates; kept for symmetry
+        # train_step already evaluates; a pipelined decoder leaves a step queued.
+        self.mx.synchronize()
 
     def reset_peak_memory(self) -> None:
         self.mx.reset_peak_memory()
@@ -186,11 +208,41 @@ class MLXBackend(Backend):
         return info
 
     def lm_decoder(self, spec, seed: int):
-        """Fresh-cache decoders over the spec's initial weights (as mlx_models.generate)."""
+        """Fresh-cache greedy decoders over the spec's initial weights (as mlx_models.generate)."""
         from mlx_models.generate import decoder
         model = self.models.build_model(spec, seed)
         model.eval()
         return lambda: decoder(model)
+
+    def reference_decoders(self, decoder: str, spec, seed: int, max_tokens: int) -> dict:
+        """mlx-lm's generate_step (greedy), when mlx-lm is installed, on the same weights:
+        saved, exported as a Hugging Face Llama directory (in a temporary directory) and
+        loaded by mlx-lm. Its step must be fed back the token it returned."""
+        if decoder != "lm_decoder":
+            return {}
+        try:
+            from mlx_lm.generate import generate_step
+            from mlx_lm.utils import load_model
+        except ImportError:
+            return {}
+        import tempfile
+        from shared.interop.export_hf import export
+        with tempfile.TemporaryDirectory() as tmp:
+            self.models.save_model(self.models.build_model(spec, seed), Path(tmp) / "ckpt")
+            export(Path(tmp) / "ckpt", Path(tmp) / "hf")
+            model, _ = load_model(Path(tmp) / "hf")
+        mx = self.mx
+
+        def start():
+            steps = None
+
+            def step(ids: np.ndarray) -> int:
+                nonlocal steps
+                if steps is None:   # the prompt; later ids are the tokens it yielded
+                    steps = generate_step(mx.array(ids[0]), model, max_tokens=max_tokens)
+                return next(steps)[0]
+            return step
+        return {"mlx-lm": start}
 
     def chunk_runner(self, model):
         from mlx_models.separate import chunk_runner
@@ -242,7 +294,7 @@ class TorchBackend(Backend):
                 "parallel_info": torch.__config__.parallel_info()}
 
     def lm_decoder(self, spec, seed: int):
-        """Fresh-cache decoders over the spec's initial weights (as torch_models.generate)."""
+        """Fresh-cache greedy decoders over the spec's initial weights (as torch_models.generate)."""
         from torch_models.generate import decoder
         model = self.models.build_model(spec, seed).to(self.dev).eval()
         return lambda: decoder(model, self.dev)

@@ -89,6 +89,12 @@ def markdown(report: dict) -> str:
                          f"parts computed in parallel, one CPU stream and one BLAS thread each "
                          f"(train.cpu_streams)")
         for name, inf in run.get("inference", {}).items():
+            for ref, r in inf.get("references", {}).items():
+                ratio = r["ours_over_theirs_decode_time"]
+                notes.append(f"{run['model']} {run['config']}: {ref} on the same weights decodes "
+                             f"{fmt_median(r['decode_tokens_per_s'], digits=1)} tokens/s; our {name} "
+                             f"decode time / {ref}'s = {ratio['median']:.2f}x (per-run ratios "
+                             f"{ratio['min']:.2f}-{ratio['max']:.2f})")
             if "by_utterance_length" in inf:
                 per = ", ".join(f"{length}: {r['chunk_ms']['median']:.1f} ms/chunk (encoder "
                                 f"{r['encoder_ms']['median']:.1f}, last tenth "

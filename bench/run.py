@@ -14,6 +14,10 @@ each block is a fair pair; the table reports medians and the spread over blocks.
 that takes the backend's cores hits them unequally, though (torch's threads wait for each
 other), so the bench measures how busy other work keeps the machine while it times
 (bench/load.py) and marks the ratio unreliable above a threshold.
+The LM's inference is greedy decoding through the step of each backend's generate CLI;
+on MLX, when mlx-lm is installed, mlx-lm's generate_step on the same weights (exported to
+a temporary Hugging Face directory) takes turns with ours run by run (a note under the
+table, "references" in the JSON).
 
 Each backend runs in a process of its own, as its training CLI does. In one process they
 would disturb each other: importing mlx_models loads OpenBLAS into the global symbol

@@ -1,6 +1,7 @@
 """bench/run.py end to end on the tiny LM: both backends, a couple of steps, every output.
 No timing assertions: CI machines are shared and slow; this checks the plumbing, and that the
 bench notices when other work keeps the machine busy."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -50,10 +51,17 @@ def test_bench_writes_table_json_and_plot_for_both_backends(tmp_path):
     # How busy other work kept the machine: measured, not asserted (CI machines are shared).
     assert run["other_load_cores"] >= 0 and run["other_load_method"]
     assert isinstance(run["ratios"]["reliable"], bool)
+    assert "references" not in run["inference"]["torch"]
+    if importlib.util.find_spec("mlx_lm"):    # a dev extra: mlx-lm's decoding, same weights
+        ref = run["inference"]["mlx"]["references"]["mlx-lm"]
+        assert ref["decode_tokens_per_s"]["median"] > 0
+        assert len(ref["ours_over_theirs_decode_time"]["values"]) == 2
     table = (tmp_path / "bench.md").read_text()
     assert "other load while timing" in table
     assert table in out.stdout                    # printed always, written when asked
     assert "| mlx |" in table and "| torch |" in table and "MLX step time / torch" in table
+    if importlib.util.find_spec("mlx_lm"):
+        assert "mlx-lm on the same weights decodes" in table
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "bench.md", "bench.png"]
 

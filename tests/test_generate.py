@@ -1,5 +1,6 @@
 """Sampling and generation: the KV-cached generate loop against a from-scratch greedy
-decode that re-runs the full sequence every step, on both backends."""
+decode that re-runs the full sequence every step, on both backends; MLX's pipelined
+decoder against an unpipelined loop; each backend's top-p against the numpy reference."""
 import io
 
 import mlx.core as mx
@@ -12,7 +13,7 @@ import mlx_models.models as mm
 import torch_models.generate as tgen
 import torch_models.models as tm
 from shared.cli.generate import generate, resolve_checkpoint
-from shared.engine.sampling import sample_next
+from shared.engine.sampling import nucleus_probs, sample_next
 
 
 def test_greedy_is_argmax():
@@ -71,14 +72,9 @@ def test_streamed_text_is_the_decoded_text_when_characters_span_tokens():
     replacement character behind, nor drop the syllable once its last byte arrives."""
     script = list("효력을 발휘".encode()) + [257]
     steps = iter(script)
-
-    def next_logits(ids):
-        logits = np.zeros(258)
-        logits[next(steps)] = 1.0
-        return logits
     out = io.StringIO()
-    generate(next_logits, ByteTokenizer(), "국회는 ", max_tokens=50, max_length=100,
-             temperature=0.0, top_p=1.0, seed=0, out=out)
+    generate(lambda ids: next(steps), ByteTokenizer(), "국회는 ", max_tokens=50, max_length=100,
+             out=out)
     assert out.getvalue() == "국회는 효력을 발휘\n"
 
 
@@ -86,9 +82,9 @@ def test_streamed_text_is_the_decoded_text_when_characters_span_tokens():
 def test_cached_generation_equals_full_recompute(tmp_path, tiny_lm_spec, backend):
     models = {"mlx": (mm, mgen), "torch": (tm, tgen)}
     models[backend][0].save_model(models[backend][0].build_model(tiny_lm_spec, seed=3), tmp_path / "ckpt")
-    next_logits, spec = models[backend][1].load(tmp_path / "ckpt")
-    stats = generate(next_logits, CharTokenizer(), "hello", max_tokens=15, max_length=64,
-                     temperature=0.0, top_p=1.0, seed=0, out=io.StringIO())
+    start, spec = models[backend][1].load(tmp_path / "ckpt")
+    stats = generate(start(0.0, 1.0, 0), CharTokenizer(), "hello", max_tokens=15, max_length=64,
+                     out=io.StringIO())
     # Reference: the other backend, no cache, the whole sequence every step.
     other = tm if backend == "mlx" else mm
     model, _ = other.load_model(tmp_path / "ckpt")
@@ -104,6 +100,84 @@ def test_cached_generation_equals_full_recompute(tmp_path, tiny_lm_spec, backend
             break
         ids.append(token)
     assert stats["ids"] == ids
+
+
+def test_greedy_mlx_equals_greedy_torch(tmp_path, tiny_lm_spec):
+    """One checkpoint, both CLIs' decoders, greedy: the same token ids."""
+    mm.save_model(mm.build_model(tiny_lm_spec, seed=5), tmp_path / "ckpt")
+    ids = {}
+    for name, gen in (("mlx", mgen), ("torch", tgen)):
+        start, spec = gen.load(tmp_path / "ckpt")
+        ids[name] = generate(start(0.0, 1.0, 0), CharTokenizer(), "greedy", max_tokens=40,
+                             max_length=64, out=io.StringIO())["ids"]
+    assert ids["mlx"] == ids["torch"] and len(ids["mlx"]) > 20
+
+
+def unpipelined_greedy(model, prompt, n):
+    """The plain loop: a forward pass, its argmax read back, the next forward pass."""
+    cache, ids, out = model.make_cache(), mx.array(prompt), []
+    for _ in range(n):
+        out.append(mx.argmax(model(ids, cache)[0, -1]).item())
+        ids = mx.array([[out[-1]]])
+    return out
+
+
+def test_pipelined_mlx_step_returns_the_unpipelined_tokens(tiny_lm_spec):
+    model = mm.build_model(tiny_lm_spec, seed=3)
+    model.eval()
+    prompt = np.array([[1, 5, 9, 12, 40]], np.int32)
+
+    def run(step, n, feed=lambda i, token: token):
+        tokens = [step(prompt)]
+        for i in range(n - 1):
+            tokens.append(step(np.array([[feed(i, tokens[-1])]], np.int32)))
+        return tokens
+    reference = unpipelined_greedy(model, prompt, 30)
+    assert run(mgen.decoder(model), 30) == reference
+    assert run(mgen.decoder(model, pipeline=False), 30) == reference
+    # Sampling: the same key chain whether or not the next step is queued.
+    sampled = [run(mgen.decoder(model, 1.0, 0.9, seed, pipeline=p), 30) for p in (True, False)
+               for seed in (0, 1)]
+    assert sampled[0] == sampled[2] and sampled[1] == sampled[3] and sampled[0] != sampled[1]
+    # Fed other tokens than it returned, the pipelined decoder drops what it queued.
+    other = lambda i, token: (token + 7) % tiny_lm_spec.vocab_size if i % 3 == 0 else token
+    assert run(mgen.decoder(model), 30, other) == run(mgen.decoder(model, pipeline=False), 30, other)
+
+
+def fixed_logits():
+    """Logits whose nucleus boundaries (top_p 0.8) are clear of float32 rounding."""
+    logits = np.random.default_rng(7).normal(0, 2, 64)
+    ranked = np.sort(np.exp(logits / 0.7) / np.exp(logits / 0.7).sum())[::-1]
+    assert np.min(np.abs(np.cumsum(ranked) - 0.8)) > 1e-3
+    return logits.astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_top_p_draws_only_from_the_numpy_nucleus(backend):
+    logits = fixed_logits()
+    reference = nucleus_probs(logits, 0.7, 0.8)
+    nucleus = set(np.flatnonzero(reference))
+    assert 2 < len(nucleus) < 64
+    if backend == "mlx":
+        def draws(top_p, n):   # n rows at once, over a few keys of the chain of each of 5 seeds
+            out = []
+            for seed in range(5):
+                pick = mgen.token_picker(0.7, top_p, seed)
+                for _ in range(4):
+                    out += np.array(pick(mx.array(np.tile(logits, (n // 20, 1))))).tolist()
+            return np.array(out)
+    else:
+        def draws(top_p, n):
+            out = []
+            for seed in range(5):
+                g = torch.Generator().manual_seed(seed)
+                out += [tgen.pick_token(torch.from_numpy(logits), 0.7, top_p, g) for _ in range(n // 5)]
+            return np.array(out)
+    drawn = draws(0.8, 4000)
+    assert set(drawn.tolist()) <= nucleus
+    frequencies = np.bincount(drawn, minlength=64) / len(drawn)
+    assert np.max(np.abs(frequencies - reference)) < 0.04    # and renormalised on it
+    assert set(draws(1e-6, 400).tolist()) == {int(np.argmax(logits))}
 
 
 def test_resolve_checkpoint(tmp_path, tiny_lm_spec):
@@ -127,8 +201,9 @@ def sentencepiece_model() -> bytes:
 
 
 def test_generate_says_why_it_stopped_and_which_checkpoint_it_used(tmp_path, tiny_lm_spec, capsys):
-    """The real MLX model of a run without checkpoints/best; its EOS logit is forced up
-    after three tokens (or down, to run into the context)."""
+    """The real MLX model of a run without checkpoints/best; its step answers EOS after
+    three tokens (or never: an EOS becomes token 3, which the pipelined decoder, having
+    queued the EOS, must then be fed instead)."""
     import dataclasses
 
     import sentencepiece as spm
@@ -143,15 +218,19 @@ def test_generate_says_why_it_stopped_and_which_checkpoint_it_used(tmp_path, tin
 
     def loader(eos_after):
         def load(ckpt):
-            next_logits, spec = mgen.load(ckpt)
-            calls = []
+            start, spec = mgen.load(ckpt)
 
-            def scripted(ids):
-                logits = next_logits(ids)
-                calls.append(1)
-                logits[2] = 1e9 if eos_after is not None and len(calls) > eos_after else -1e9
-                return logits
-            return scripted, spec
+            def scripted_start(temperature, top_p, seed):
+                step, calls = start(temperature, top_p, seed), []
+
+                def scripted(ids):
+                    token = step(ids)
+                    calls.append(token)
+                    if eos_after is not None and len(calls) > eos_after:
+                        return 2
+                    return 3 if token == 2 else token
+                return scripted
+            return scripted_start, spec
         return load
 
     argv = ["--checkpoint", str(run), "--temperature", "0"]

@@ -1,8 +1,11 @@
 """The command line of `python -m mlx_models.generate` and `python -m torch_models.generate`.
 
-The backend supplies `load(checkpoint) -> (next_logits, spec)`, where `next_logits(ids)`
-feeds new token ids through the model's KV cache and returns the last position's logits
-as numpy. Prompting, sampling, streaming and timing live here, once.
+The backend supplies `load(checkpoint) -> (start, spec)`, where `start(temperature, top_p,
+seed)` gives a decoder over a fresh KV cache: `step(ids) -> int` feeds new token ids (a
+(1, T) int32 array) through the cache and returns the next token, picked on the backend's
+own framework (greedy at temperature 0, else top-p sampling; mlx_models.generate also
+computes the following token while the caller prints this one). Prompting, streaming,
+stopping and timing live here, once.
 """
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ import numpy as np
 from shared.cli import run_cli
 from shared.data.lm_text import load_tokenizer
 from shared.engine.checkpoint import resolve_checkpoint
-from shared.engine.sampling import sample_next
 from shared.errors import CheckpointError, DataError
 
 
@@ -28,31 +30,35 @@ def parser(backend: str) -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=100)
     p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
     p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="sampling seed (temperature > 0); mlx and torch draw differently for "
+                        "the same seed (each its own RNG); greedy output is the same on both")
     p.add_argument("--tokenizer", help="SentencePiece model (default: the checkpoint's)")
     return p
 
 
-def generate(next_logits, tokenizer, prompt: str, max_tokens: int, max_length: int,
-             temperature: float, top_p: float, seed: int, out=sys.stdout) -> dict:
-    """Stream the continuation of `prompt` to `out`; return ids, timings and why it stopped
-    (`stopped`: "max_tokens", "eos" or "context")."""
-    rng = np.random.default_rng(seed)
+def generate(step, tokenizer, prompt: str, max_tokens: int, max_length: int,
+             out=sys.stdout) -> dict:
+    """Stream the continuation of `prompt` to `out`, one token per `step` (a decoder's, see
+    the module docstring); return ids, timings and why it stopped (`stopped`:
+    "max_tokens", "eos" or "context")."""
     ids = [tokenizer.bos_id()] + tokenizer.encode(prompt)
     if len(ids) >= max_length:
         raise DataError(f"the prompt is {len(ids)} tokens; the model's context is {max_length}")
     start = time.perf_counter()
-    logits = next_logits(np.array([ids], np.int32))
+    token = step(np.array([ids], np.int32))    # the prompt through the cache, and a token
     prefill_s = time.perf_counter() - start
     new, printed = [], tokenizer.decode(ids[1:])
     out.write(printed)
-    start = time.perf_counter()
+    start, steps = time.perf_counter(), 0
     stopped = "max_tokens"
     while len(new) < max_tokens:
         if len(ids) + len(new) >= max_length:
             stopped = "context"
             break
-        token = sample_next(logits, temperature, top_p, rng)
+        if new:     # asked only when wanted: the first came with the prompt
+            token = step(np.array([[new[-1]]], np.int32))
+            steps += 1
         if token == tokenizer.eos_id():
             stopped = "eos"
             break
@@ -63,11 +69,11 @@ def generate(next_logits, tokenizer, prompt: str, max_tokens: int, max_length: i
         out.write(text[len(printed):])
         out.flush()
         printed = text
-        logits = next_logits(np.array([[token]], np.int32))
     decode_s = time.perf_counter() - start
     out.write(tokenizer.decode(ids[1:] + new)[len(printed):] + "\n")
     return {"prompt_tokens": len(ids), "new_tokens": len(new), "prefill_s": prefill_s,
-            "tokens_per_s": len(new) / decode_s if decode_s > 0 else 0.0, "ids": ids + new,
+            # The decoding speed: tokens picked after the first (which came with the prompt).
+            "tokens_per_s": steps / decode_s if steps else 0.0, "ids": ids + new,
             "stopped": stopped}
 
 
@@ -83,11 +89,11 @@ def main(backend: str, load, argv=None) -> int:
             raise DataError(f"--top-p must be within (0, 1], got {args.top_p}")
         ckpt = resolve_checkpoint(args.checkpoint, report=sys.stderr)
         tokenizer_path = Path(args.tokenizer) if args.tokenizer else ckpt / "tokenizer.model"
-        next_logits, spec = load(ckpt)
+        start, spec = load(ckpt)
         tokenizer = load_tokenizer(tokenizer_path, spec.vocab_size,
                                    fix="pass --tokenizer with the model's SentencePiece file")
-        stats = generate(next_logits, tokenizer, args.prompt, args.max_tokens,
-                         spec.max_seq_length, args.temperature, args.top_p, args.seed)
+        stats = generate(start(args.temperature, args.top_p, args.seed), tokenizer, args.prompt,
+                         args.max_tokens, spec.max_seq_length)
         if stats["stopped"] == "eos":
             print(f"(stopped at end-of-sequence after {stats['new_tokens']} tokens)", file=sys.stderr)
         elif stats["stopped"] == "context":

@@ -1,17 +1,16 @@
-"""Next-token sampling on numpy logits: the same for both backends."""
+"""Next-token sampling on numpy logits: the reference the backends' own token pickers
+(mlx_models.generate, torch_models.generate, which keep logits on their framework) are
+tested against."""
 from __future__ import annotations
 
 import numpy as np
 
 
-def sample_next(logits: np.ndarray, temperature: float, top_p: float,
-                rng: np.random.Generator) -> int:
-    """Greedy at temperature 0; otherwise sample from the smallest set of tokens whose
-    probability reaches `top_p` (nucleus sampling), after temperature scaling."""
-    logits = np.asarray(logits, np.float64)
-    if temperature <= 0:
-        return int(np.argmax(logits))
-    z = logits / temperature
+def nucleus_probs(logits: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
+    """The distribution sampled at temperature > 0: softmax(logits / temperature), kept on
+    the smallest set of tokens whose probability reaches `top_p` (the nucleus: a token is
+    in it when the tokens ranked above it hold less than `top_p`), renormalised."""
+    z = np.asarray(logits, np.float64) / temperature
     probs = np.exp(z - z.max())
     probs /= probs.sum()
     if top_p < 1.0:
@@ -21,4 +20,13 @@ def sample_next(logits: np.ndarray, temperature: float, top_p: float,
         nucleus = np.zeros_like(probs)
         nucleus[keep] = probs[keep]
         probs = nucleus / nucleus.sum()
+    return probs
+
+
+def sample_next(logits: np.ndarray, temperature: float, top_p: float,
+                rng: np.random.Generator) -> int:
+    """Greedy at temperature 0; otherwise a draw from nucleus_probs."""
+    if temperature <= 0:
+        return int(np.argmax(np.asarray(logits)))
+    probs = nucleus_probs(logits, temperature, top_p)
     return int(rng.choice(probs.size, p=probs))
