@@ -106,7 +106,7 @@ class Backend:
                    repeats: int) -> dict:
         """Separate `mixture` (C, T) chunk by chunk with overlap-add, as the separate CLI
         does; seconds of audio per second. The first of repeats + 1 runs is the warm-up."""
-        from shared.audio.chunked import separate
+        from shared.audio.chunked import chunk_layout, separate
         run_chunks = self.chunk_runner(self.models.build_model(spec, seed))
         speed = []
         for rep in range(repeats + 1):
@@ -117,6 +117,7 @@ class Backend:
             if rep:
                 speed.append(mixture.shape[1] / sample_rate / (time.perf_counter() - t0))
         return {"audio_seconds": mixture.shape[1] / sample_rate, "chunk_seconds": chunk / sample_rate,
+                "computed_seconds": chunk_layout(mixture.shape[1], chunk).computed / sample_rate,
                 "metric": "x real time", "value": spread(speed)}
 
     def streaming(self, spec, seed: int, utterance_seconds: list[float], chunk_ms: int,

@@ -115,6 +115,7 @@ def test_bench_separation_training_and_speed(tmp_path):
         assert run["training"][backend]["audio_s_per_s"]["median"] > 0
         sep = run["inference"][backend]
         assert sep["metric"] == "x real time" and sep["audio_seconds"] == 2.0 and sep["value"]["median"] > 0
+        assert sep["computed_seconds"] == 2.5        # five 0.5 s chunks, overlapping by 25 %
     assert "x real time" in out.stdout and "audio_s/s" in out.stdout
 
 

@@ -73,6 +73,8 @@ def test_separate_cli_writes_one_file_per_stem(tmp_path, backend):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "x real time" in out.stderr
+    # 8 chunks of 1953 samples (0.5 s segments, 25 % overlap) for 12123 samples:
+    assert "computed 3.9 s for 3.0 s of audio" in out.stderr.splitlines()[-1]
     for stem in ("vocals", "drums", "bass", "other"):
         audio, rate = sf.read(str(tmp_path / "stems" / f"{stem}.wav"))
         assert rate == 4000 and audio.shape == (4000 * 3 + 123, 2)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from shared.audio.chunked import separate
+from shared.audio.chunked import chunk_layout, separate
 from shared.audio.files import read_audio_file
 from shared.cli import run_cli
 from shared.data.musdb import STEMS
@@ -74,16 +74,16 @@ def main(backend: str, load, argv=None) -> int:
                             f"than the model's n_fft ({model['n_fft']}); use longer chunks")
         mixture = read_input(Path(args.input), rate, int(model["audio_channels"]))
         out.mkdir(parents=True, exist_ok=True)  # before the work: a bad --out fails now
-        hop = max(1, int(chunk * (1 - args.overlap)))
-        n_chunks = len(range(0, max(mixture.shape[1] - chunk, 0) + hop, hop))
+        layout = chunk_layout(mixture.shape[1], chunk, args.overlap)
         start = time.perf_counter()
-        with tqdm(total=n_chunks, unit="chunk", file=sys.stderr, desc=f"separate[{backend}]") as bar:
+        with tqdm(total=len(layout.starts), unit="chunk", file=sys.stderr,
+                  desc=f"separate[{backend}]") as bar:
             stems = separate(mixture, run_chunks, chunk, args.overlap, args.batch_chunks, bar.update)
         elapsed = time.perf_counter() - start
         for name, audio in zip(STEMS, stems):
             sf.write(str(out / f"{name}.wav"), audio.T, rate, subtype="FLOAT")
         seconds = mixture.shape[1] / rate
-        print(f"[{backend}] {seconds:.1f} s of audio in {elapsed:.1f} s "
-              f"({seconds / elapsed:.2f}x real time); wrote {', '.join(f'{s}.wav' for s in STEMS)} "
-              f"to {out}", file=sys.stderr)
+        print(f"[{backend}] computed {layout.computed / rate:.1f} s for {seconds:.1f} s of audio "
+              f"in {elapsed:.1f} s ({seconds / elapsed:.2f}x real time); "
+              f"wrote {', '.join(f'{s}.wav' for s in STEMS)} to {out}", file=sys.stderr)
     return run_cli(run, errors=(CheckpointError, DataError, ValueError))
