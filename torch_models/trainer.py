@@ -62,18 +62,27 @@ class Trainer:
                             enabled=self.autocast_dtype is not None):
             return self._forward_loss(self.model, self._batch(batch))
 
-    def gradients(self, micro_batches: list[np.ndarray]) -> float:
-        """Mean loss over equal-sized micro-batches; their mean gradient is left in .grad."""
+    def _accumulate(self, micro_batches: list[np.ndarray]) -> torch.Tensor:
+        """Leave the mean gradient of equal-sized micro-batches in .grad; return the sum of
+        their losses as a float64 scalar on the device. Nothing here waits for the device:
+        the caller reads the sum back once per step. float64 because fp32 -> fp64 is exact
+        and fp64 addition in the same order is what summing the Python floats of loss.item()
+        did, so the mean is bit-identical to that."""
         self.optimizer.zero_grad(set_to_none=True)
-        k, total = len(micro_batches), 0.0
+        k = len(micro_batches)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         for batch in micro_batches:
             loss = self._loss(batch)
             scaled = self.scaler.scale(loss / k) if self.scaler else loss / k
             scaled.backward()  # .grad sums across micro-batches; activations are freed
-            total += loss.item()
+            total = total + loss.detach().double()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        return total / k
+        return total
+
+    def gradients(self, micro_batches: list[np.ndarray]) -> float:
+        """Mean loss over equal-sized micro-batches; their mean gradient is left in .grad."""
+        return self._accumulate(micro_batches).item() / len(micro_batches)
 
     def gradients_numpy(self, micro_batches: list[np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
         """gradients() in canonical names and layout (for tests and tools)."""
@@ -84,9 +93,13 @@ class Trainer:
     def train_step(self, micro_batches: list[np.ndarray], lr: float) -> dict:
         """Average gradients over the micro-batches, clip, update. A non-finite loss or
         gradient norm leaves weights and optimizer state untouched."""
-        loss = self.gradients(micro_batches)
+        total = self._accumulate(micro_batches)
         max_norm = self.train_cfg.max_grad_norm if self.train_cfg.max_grad_norm > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        # The step's one read-back from the device: the loss sum and the norm together
+        # (fp32 -> fp64 is exact, so the norm is the value norm.item() would give).
+        total, norm = torch.stack([total, norm.detach().double()]).tolist()
+        loss = total / len(micro_batches)
         # Under fp16 loss scaling an inf gradient norm usually means "scale too high":
         # the scaler skips that step and lowers the scale; only the loss says "bad step".
         finite = bool(np.isfinite(loss) and (self.scaler is not None or np.isfinite(norm)))

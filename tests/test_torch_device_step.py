@@ -1,0 +1,84 @@
+"""The torch trainer's step as a GPU runs it: one read-back from the device per optimizer
+step, the fused AdamW path, pinned host copies, and RoPE tables computed once.
+
+What a CPU can check runs everywhere; the CUDA-only checks skip without a GPU."""
+import numpy as np
+import pytest
+import torch
+
+from shared.engine.config import TrainConfig
+from shared.specs.lm import LMSpec, lm_init_weights
+from torch_models.trainer import Trainer
+
+SPEC = LMSpec(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+              intermediate_size=96, max_seq_length=64)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def micro_batches(k=4, n=2, length=33):
+    return [np.random.default_rng(i).integers(0, SPEC.vocab_size, (n, length)).astype(np.int32)
+            for i in range(k)]
+
+
+# ---------------------------------------------------------------------- host reads
+READS = ["item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu"]
+
+
+def count_device_reads(monkeypatch, trainer):
+    """Wrap every Tensor method that copies a value to the host; return the list of the
+    calls made on tensors other than the optimizer's host-side step counters (the CPU
+    AdamW reads those every step; on CUDA they never live on the device)."""
+    calls = []
+
+    def wrap(name, original):
+        def read(self, *args, **kwargs):
+            counters = {id(s["step"]) for s in trainer.optimizer.state.values() if "step" in s}
+            if id(self) not in counters:
+                calls.append(name)
+            return original(self, *args, **kwargs)
+        return read
+
+    for name in READS:
+        monkeypatch.setattr(torch.Tensor, name, wrap(name, getattr(torch.Tensor, name)))
+    return calls
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.0, 1.0])
+def test_one_read_back_per_step(monkeypatch, max_grad_norm):
+    """Four micro-batches, one read from the device: the loss sum and the gradient norm
+    together (it was one loss.item() per micro-batch plus one for the norm)."""
+    t = Trainer(SPEC, TrainConfig(max_grad_norm=max_grad_norm), lm_init_weights(SPEC, 1), device="cpu")
+    t.train_step(micro_batches(), 1e-3)  # the optimizer state exists from here on
+    calls = count_device_reads(monkeypatch, t)
+    result = t.train_step(micro_batches(), 1e-3)
+    monkeypatch.undo()
+    assert calls == ["tolist"], calls
+    assert not result["skipped"]
+
+
+def test_step_returns_what_per_micro_batch_reads_gave():
+    """The loss summed on the device (float64) and read once is bit-identical to summing
+    each micro-batch's loss.item() as Python floats; the norm to norm.item()."""
+    weights, micro = lm_init_weights(SPEC, 2), micro_batches(k=3)
+    train = TrainConfig(max_grad_norm=1.0)
+    ours = Trainer(SPEC, train, weights, device="cpu").train_step(micro, 1e-3)
+    ref = Trainer(SPEC, train, weights, device="cpu")
+    ref.optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for b in micro:
+        loss = ref._loss(b)
+        (loss / len(micro)).backward()
+        total += loss.item()
+    norm = torch.nn.utils.clip_grad_norm_(ref.model.parameters(), 1.0).item()
+    assert ours["loss"] == total / len(micro)
+    assert ours["grad_norm"] == norm
+    assert isinstance(ours["loss"], float) and isinstance(ours["grad_norm"], float)
+
+
+def test_non_finite_loss_still_skips_with_one_read():
+    t = Trainer(SPEC, TrainConfig(), lm_init_weights(SPEC, 3), device="cpu")
+    bad = t.get_weights()
+    bad["norm.weight"][:] = np.inf
+    t.set_weights(bad)
+    result = t.train_step(micro_batches(k=2), 1e-3)
+    assert result["skipped"] and not np.isfinite(result["loss"])
