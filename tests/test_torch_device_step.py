@@ -8,7 +8,7 @@ import torch
 
 from shared.engine.config import TrainConfig
 from shared.specs.lm import LMSpec, lm_init_weights
-from torch_models.trainer import Trainer
+from torch_models.trainer import Trainer, make_optimizer
 
 SPEC = LMSpec(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
               intermediate_size=96, max_seq_length=64)
@@ -82,3 +82,57 @@ def test_non_finite_loss_still_skips_with_one_read():
     t.set_weights(bad)
     result = t.train_step(micro_batches(k=2), 1e-3)
     assert result["skipped"] and not np.isfinite(result["loss"])
+
+
+# ---------------------------------------------------------------------- fused AdamW
+def test_cpu_keeps_the_default_optimizer():
+    t = Trainer(SPEC, TrainConfig(), lm_init_weights(SPEC, 4), device="cpu")
+    assert not t.optimizer.defaults.get("fused")
+
+
+def fused_trainer(weights):
+    t = Trainer(SPEC, TrainConfig(eps=1e-4), weights, device="cpu")
+    t.optimizer = make_optimizer(t.model, t.train_cfg, fused=True)
+    return t
+
+
+def test_fused_optimizer_state_round_trips_exactly():
+    """The fused kernel (CUDA's; torch has it on the CPU too) keeps fp32 step counters
+    beside the parameters: a state saved and loaded into a fresh trainer continues
+    bit-identically to the trainer that never stopped."""
+    weights, batches = lm_init_weights(SPEC, 5), [micro_batches(k=2)[::-1], micro_batches(k=2)]
+    whole = fused_trainer(weights)
+    whole.train_step(batches[0], 1e-3)
+    resumed = fused_trainer(whole.get_weights())
+    resumed.load_optimizer_state(whole.optimizer_state())
+    counters = [s["step"] for s in resumed.optimizer.state.values()]
+    assert all(c.dtype == torch.float32 and c.device.type == "cpu" for c in counters)
+    # One counter per parameter: the fused kernel adds 1 to each, so a shared one would
+    # count the step once per parameter.
+    assert len({id(c) for c in counters}) == len(counters)
+    a, b = whole.train_step(batches[1], 1e-3), resumed.train_step(batches[1], 1e-3)
+    assert a == b
+    for name, w in whole.get_weights().items():
+        assert np.array_equal(resumed.get_weights()[name], w), name
+    assert int(resumed.optimizer_state()["step"]) == 2
+
+
+def test_fused_step_matches_the_default_step():
+    weights, micro = lm_init_weights(SPEC, 6), micro_batches(k=2)
+    fused, plain = fused_trainer(weights), Trainer(SPEC, TrainConfig(eps=1e-4), weights, device="cpu")
+    fused.train_step(micro, 1e-3), plain.train_step(micro, 1e-3)
+    for name, w in plain.get_weights().items():
+        np.testing.assert_allclose(fused.get_weights()[name], w, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+# ---------------------------------------------------------------------- CUDA only
+@cuda
+def test_cuda_resume_keeps_fused_step_counters_on_the_device():
+    weights = lm_init_weights(SPEC, 12)
+    a = Trainer(SPEC, TrainConfig(), weights, device="cuda")
+    a.train_step(micro_batches(), 1e-3)
+    b = Trainer(SPEC, TrainConfig(), a.get_weights(), device="cuda")
+    b.load_optimizer_state(a.optimizer_state())
+    assert all(s["step"].device.type == "cuda" and s["step"].dtype == torch.float32
+               for s in b.optimizer.state.values())
+    assert a.train_step(micro_batches(), 1e-3) == b.train_step(micro_batches(), 1e-3)

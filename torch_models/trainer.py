@@ -18,13 +18,20 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def make_optimizer(model: torch.nn.Module, train) -> torch.optim.Optimizer:
-    """AdamW, decay only on matrices (norm scales and biases are not decayed)."""
+def make_optimizer(model: torch.nn.Module, train, fused: bool | None = None) -> torch.optim.Optimizer:
+    """AdamW, decay only on matrices (norm scales and biases are not decayed).
+
+    fused=None: the fused kernel on CUDA -- one launch updates every parameter, and its
+    step counters live on the device, so the update never waits for the host -- and
+    torch's default elsewhere (on the CPU, the per-parameter loop: torch has no CPU
+    foreach kernels). fused=True/False forces the choice (tests use it on the CPU)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": train.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    if fused is None:
+        fused = bool(params) and all(p.device.type == "cuda" for p in params)
     return torch.optim.AdamW(groups, lr=train.learning_rate, betas=(train.beta1, train.beta2),
-                             eps=train.eps)
+                             eps=train.eps, **({"fused": True} if fused else {}))
 
 
 class Trainer:
@@ -178,11 +185,14 @@ class Trainer:
 
     def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
         params = dict(self.model.named_parameters())
+        # The fused kernel keeps its step counters (fp32) beside the parameters; the
+        # per-parameter loop keeps them on the host.
+        fused = bool(self.optimizer.defaults.get("fused"))
         step = torch.tensor(float(state["step"]))
         for p in self.manifest:
             param = params[p.name]
             self.optimizer.state[param] = {
-                "step": step.clone(),
+                "step": step.to(param.device, torch.float32, copy=True) if fused else step.clone(),
                 "exp_avg": from_numpy(state[f"{p.name}.m"]).to(param.device),
                 "exp_avg_sq": from_numpy(state[f"{p.name}.v"]).to(param.device)}
 
