@@ -125,7 +125,33 @@ def test_fused_step_matches_the_default_step():
         np.testing.assert_allclose(fused.get_weights()[name], w, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
+# ---------------------------------------------------------------------- host copies
+def test_cpu_batches_are_plain_tensors():
+    t = Trainer(SPEC, TrainConfig(), lm_init_weights(SPEC, 7), device="cpu")
+    out = t._batch({"a": micro_batches(k=1)[0], "b": np.zeros((2, 3), np.float32)})
+    assert all(v.device.type == "cpu" and not v.is_pinned() for v in out.values())
+    np.testing.assert_array_equal(out["a"].numpy(), micro_batches(k=1)[0])
+
+
 # ---------------------------------------------------------------------- CUDA only
+@cuda
+def test_cuda_uses_fused_adamw_pinned_copies_and_one_sync():
+    t = Trainer(SPEC, TrainConfig(), lm_init_weights(SPEC, 11), device="cuda")
+    assert t.optimizer.defaults.get("fused")
+    micro = micro_batches()
+    t.train_step(micro, 1e-3)
+    assert all(s["step"].device.type == "cuda" for s in t.optimizer.state.values())
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with pytest.warns(UserWarning) as record:
+            t.train_step(micro, 1e-3)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    syncs = [str(w.message) for w in record if "synchroniz" in str(w.message)]
+    assert len(syncs) <= 1, syncs
+
+
 @cuda
 def test_cuda_resume_keeps_fused_step_counters_on_the_device():
     weights = lm_init_weights(SPEC, 12)

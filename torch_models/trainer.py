@@ -62,7 +62,12 @@ class Trainer:
         """A numpy batch (an array, or a dict of arrays) as tensors on the device."""
         if isinstance(batch, dict):
             return {k: self._batch(v) for k, v in batch.items()}
-        return torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
+        tensor = torch.from_numpy(np.ascontiguousarray(batch))
+        if self.device.type == "cuda":
+            # From page-locked memory the copy is a real asynchronous DMA; from pageable
+            # memory non_blocking=True still waits while the driver stages the bytes.
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     def _loss(self, batch: np.ndarray) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype,
