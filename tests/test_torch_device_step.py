@@ -2,12 +2,18 @@
 step, the fused AdamW path, pinned host copies, and RoPE tables computed once.
 
 What a CPU can check runs everywhere; the CUDA-only checks skip without a GPU."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+import torch_models.lm as tlm
+import torch_models.models as tm
 from shared.engine.config import TrainConfig
 from shared.specs.lm import LMSpec, lm_init_weights
+from torch_models import rope
+from torch_models.tflocoformer import RoPE as InterleavedRoPE
 from torch_models.trainer import Trainer, make_optimizer
 
 SPEC = LMSpec(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -131,6 +137,105 @@ def test_cpu_batches_are_plain_tensors():
     out = t._batch({"a": micro_batches(k=1)[0], "b": np.zeros((2, 3), np.float32)})
     assert all(v.device.type == "cpu" and not v.is_pinned() for v in out.values())
     np.testing.assert_array_equal(out["a"].numpy(), micro_batches(k=1)[0])
+
+
+# ---------------------------------------------------------------------- RoPE tables
+@pytest.fixture(autouse=True)
+def empty_rope_cache():
+    rope.clear_cache()
+    yield
+    rope.clear_cache()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("length,offset", [(24, 0), (1, 37), (13, 7)])
+def test_rope_cache_is_the_fresh_computation_and_reused(dtype, length, offset):
+    cos, sin = rope.cos_sin(16, 10000.0, length, offset, dtype, torch.device("cpu"))
+    fresh_cos, fresh_sin = rope.compute_cos_sin(16, 10000.0, length, offset, dtype, torch.device("cpu"))
+    assert cos.dtype == dtype and cos.shape == (length, 8)
+    assert torch.equal(cos, fresh_cos) and torch.equal(sin, fresh_sin)
+    again = rope.cos_sin(16, 10000.0, length, offset, dtype, torch.device("cpu"))
+    assert again[0] is cos and again[1] is sin
+    other = rope.cos_sin(16, 10000.0, length, offset + 1, dtype, torch.device("cpu"))
+    assert other[0] is not cos
+
+
+def test_rope_cache_keys_every_setting():
+    device = torch.device("cpu")
+    base = rope.cos_sin(16, 10000.0, 8, 0, torch.float32, device)
+    for args in [(32, 10000.0, 8, 0, torch.float32), (16, 500.0, 8, 0, torch.float32),
+                 (16, 10000.0, 9, 0, torch.float32), (16, 10000.0, 8, 0, torch.float64)]:
+        assert rope.cos_sin(*args, device)[0] is not base[0], args
+
+
+def test_rope_cache_stays_small_while_decoding():
+    for offset in range(3 * rope.MAX_ENTRIES):
+        rope.cos_sin(16, 10000.0, 1, offset, torch.float32, torch.device("cpu"))
+    assert len(rope._cache) == rope.MAX_ENTRIES
+
+
+def test_rope_cache_under_inference_mode_does_not_break_training():
+    """A table made under inference_mode cannot be saved for backward; it gets its own key."""
+    layer = InterleavedRoPE(16, 10000.0)
+    with torch.inference_mode():
+        layer(torch.randn(2, 4, 10, 16))
+    x = torch.randn(2, 4, 10, 16, requires_grad=True)
+    layer(x).sum().backward()
+    assert x.grad is not None
+
+
+def uncached(monkeypatch):
+    monkeypatch.setattr(rope, "cos_sin", rope.compute_cos_sin)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_lm_forward_and_gradients_equal_the_uncached_ones(monkeypatch, tied):
+    spec = dataclasses.replace(SPEC, tie_embeddings=tied)
+    x = torch.from_numpy(micro_batches(k=1, length=25)[0]).long()
+    runs = []
+    for cached in (True, False):
+        if not cached:
+            uncached(monkeypatch)
+        model = tm.build_model(spec, seed=8)
+        loss = tlm.loss(model, x)
+        loss.backward()
+        runs.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    assert len(rope._cache) == 1   # one table for both layers, q and k
+    assert torch.equal(runs[0][0], runs[1][0])
+    for name, g in runs[1][1].items():
+        assert torch.equal(runs[0][1][name], g), name
+
+
+def test_lm_kv_cache_decoding_equals_the_uncached_one(monkeypatch):
+    x = torch.from_numpy(micro_batches(k=1, length=20)[0]).long()
+
+    def decode():
+        model = tm.build_model(SPEC, seed=9)
+        with torch.no_grad():
+            cache = model.make_cache()
+            pieces = [model(x[:, :7], cache)]
+            pieces += [model(x[:, t:t + 1], cache) for t in range(7, 12)]
+            pieces.append(model(x[:, 12:], cache))
+        return torch.cat(pieces, dim=1)
+
+    cached = decode()
+    assert len(rope._cache) == 7   # the prefill, five single tokens, the last block
+    uncached(monkeypatch)
+    assert torch.equal(cached, decode())
+
+
+def test_interleaved_rope_equals_the_uncached_one(monkeypatch):
+    layer, x = InterleavedRoPE(16, 10000.0), torch.randn(3, 4, 21, 16)
+    out = layer(x)
+    assert layer(x) is not out and torch.equal(layer(x), out)
+    uncached(monkeypatch)
+    assert torch.equal(layer(x), out)
+
+
+def test_rope_tables_stay_out_of_the_state_dict():
+    model = tm.build_model(SPEC, seed=10)
+    model(torch.zeros(1, 5, dtype=torch.long))
+    assert set(model.state_dict()) == {n for n, _ in model.named_parameters()}
 
 
 # ---------------------------------------------------------------------- CUDA only
