@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from shared.specs.lm import LMSpec
+from torch_models import rope
 
 
 class RMSNorm(nn.Module):
@@ -57,12 +58,8 @@ class RoPE(nn.Module):
         self.head_dim, self.base = head_dim, base
 
     def forward(self, x, offset: int = 0):
-        T = x.shape[-2]
-        inv_freq = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float32,
-                                               device=x.device) / self.head_dim)
-        pos = torch.arange(offset, offset + T, dtype=torch.float32, device=x.device)
-        angles = torch.outer(pos, inv_freq)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        # Cached per (length, offset, dtype, device): every layer, q and k share one table.
+        cos, sin = rope.cos_sin(self.head_dim, self.base, x.shape[-2], offset, x.dtype, x.device)
         x1, x2 = x[..., : self.head_dim // 2], x[..., self.head_dim // 2:]
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from shared.specs.tflocoformer import TFLocoformerSpec
+from torch_models import rope
 # The losses are shared with the band-split family; importing them here keeps
 # torch_models.tflocoformer.si_sdr / l1_mrstft where callers expect them.
 from torch_models.separation_loss import l1_mrstft, separation_loss, si_sdr  # noqa: F401
@@ -48,11 +49,8 @@ class RoPE(nn.Module):
         self.head_dim, self.base = head_dim, base
 
     def forward(self, x):
-        L = x.shape[-2]
-        inv_freq = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float32,
-                                               device=x.device) / self.head_dim)
-        angles = torch.outer(torch.arange(L, dtype=torch.float32, device=x.device), inv_freq)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        # Cached per (length, dtype, device): every layer, q and k share one table.
+        cos, sin = rope.cos_sin(self.head_dim, self.base, x.shape[-2], 0, x.dtype, x.device)
         x1, x2 = x[..., 0::2], x[..., 1::2]
         return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
 

@@ -18,13 +18,20 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def make_optimizer(model: torch.nn.Module, train) -> torch.optim.Optimizer:
-    """AdamW, decay only on matrices (norm scales and biases are not decayed)."""
+def make_optimizer(model: torch.nn.Module, train, fused: bool | None = None) -> torch.optim.Optimizer:
+    """AdamW, decay only on matrices (norm scales and biases are not decayed).
+
+    fused=None: the fused kernel on CUDA -- one launch updates every parameter, and its
+    step counters live on the device, so the update never waits for the host -- and
+    torch's default elsewhere (on the CPU, the per-parameter loop: torch has no CPU
+    foreach kernels). fused=True/False forces the choice (tests use it on the CPU)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": train.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    if fused is None:
+        fused = bool(params) and all(p.device.type == "cuda" for p in params)
     return torch.optim.AdamW(groups, lr=train.learning_rate, betas=(train.beta1, train.beta2),
-                             eps=train.eps)
+                             eps=train.eps, **({"fused": True} if fused else {}))
 
 
 class Trainer:
@@ -55,25 +62,39 @@ class Trainer:
         """A numpy batch (an array, or a dict of arrays) as tensors on the device."""
         if isinstance(batch, dict):
             return {k: self._batch(v) for k, v in batch.items()}
-        return torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
+        tensor = torch.from_numpy(np.ascontiguousarray(batch))
+        if self.device.type == "cuda":
+            # From page-locked memory the copy is a real asynchronous DMA; from pageable
+            # memory non_blocking=True still waits while the driver stages the bytes.
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     def _loss(self, batch: np.ndarray) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype,
                             enabled=self.autocast_dtype is not None):
             return self._forward_loss(self.model, self._batch(batch))
 
-    def gradients(self, micro_batches: list[np.ndarray]) -> float:
-        """Mean loss over equal-sized micro-batches; their mean gradient is left in .grad."""
+    def _accumulate(self, micro_batches: list[np.ndarray]) -> torch.Tensor:
+        """Leave the mean gradient of equal-sized micro-batches in .grad; return the sum of
+        their losses as a float64 scalar on the device. Nothing here waits for the device:
+        the caller reads the sum back once per step. float64 because fp32 -> fp64 is exact
+        and fp64 addition in the same order is what summing the Python floats of loss.item()
+        did, so the mean is bit-identical to that."""
         self.optimizer.zero_grad(set_to_none=True)
-        k, total = len(micro_batches), 0.0
+        k = len(micro_batches)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         for batch in micro_batches:
             loss = self._loss(batch)
             scaled = self.scaler.scale(loss / k) if self.scaler else loss / k
             scaled.backward()  # .grad sums across micro-batches; activations are freed
-            total += loss.item()
+            total = total + loss.detach().double()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        return total / k
+        return total
+
+    def gradients(self, micro_batches: list[np.ndarray]) -> float:
+        """Mean loss over equal-sized micro-batches; their mean gradient is left in .grad."""
+        return self._accumulate(micro_batches).item() / len(micro_batches)
 
     def gradients_numpy(self, micro_batches: list[np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
         """gradients() in canonical names and layout (for tests and tools)."""
@@ -84,9 +105,13 @@ class Trainer:
     def train_step(self, micro_batches: list[np.ndarray], lr: float) -> dict:
         """Average gradients over the micro-batches, clip, update. A non-finite loss or
         gradient norm leaves weights and optimizer state untouched."""
-        loss = self.gradients(micro_batches)
+        total = self._accumulate(micro_batches)
         max_norm = self.train_cfg.max_grad_norm if self.train_cfg.max_grad_norm > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        # The step's one read-back from the device: the loss sum and the norm together
+        # (fp32 -> fp64 is exact, so the norm is the value norm.item() would give).
+        total, norm = torch.stack([total, norm.detach().double()]).tolist()
+        loss = total / len(micro_batches)
         # Under fp16 loss scaling an inf gradient norm usually means "scale too high":
         # the scaler skips that step and lowers the scale; only the loss says "bad step".
         finite = bool(np.isfinite(loss) and (self.scaler is not None or np.isfinite(norm)))
@@ -165,11 +190,14 @@ class Trainer:
 
     def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
         params = dict(self.model.named_parameters())
+        # The fused kernel keeps its step counters (fp32) beside the parameters; the
+        # per-parameter loop keeps them on the host.
+        fused = bool(self.optimizer.defaults.get("fused"))
         step = torch.tensor(float(state["step"]))
         for p in self.manifest:
             param = params[p.name]
             self.optimizer.state[param] = {
-                "step": step.clone(),
+                "step": step.to(param.device, torch.float32, copy=True) if fused else step.clone(),
                 "exp_avg": from_numpy(state[f"{p.name}.m"]).to(param.device),
                 "exp_avg_sq": from_numpy(state[f"{p.name}.v"]).to(param.device)}
 
