@@ -56,6 +56,8 @@ class Trainer:
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision)
         self.scaler = torch.amp.GradScaler("cuda") if train.precision == "fp16" else None
         # torch.compile specialises the forward/backward; the loss function is the unit.
+        # Compiling the backward and the optimizer step too was no faster on the CPU
+        # (docs/benchmarks.md, "The torch step, prepared for a GPU").
         self._forward_loss = torch.compile(self._loss_fn) if train.compile else self._loss_fn
 
     def _batch(self, batch):
