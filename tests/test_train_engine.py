@@ -236,31 +236,33 @@ def test_bad_config_is_one_line_and_exit_2(override, message, tmp_path):
 FRAMEWORK = {"torch": "torch", "mlx": "mlx.core"}
 
 
+def run_module_without_framework(module: str, args: list, backend: str, cwd) -> str:
+    """Run `python -m module args` in a fresh process; its last line says the exit status
+    and whether the backend's framework got imported."""
+    script = (f"import runpy, sys\nsys.argv = ['{module}', *{args!r}]\n"
+              f"try:\n    runpy.run_module('{module}', run_name='__main__')\n"
+              f"except SystemExit as e:\n    code = e.code\n"
+              f"print('exit', code, '{FRAMEWORK[backend]}' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       cwd=cwd, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return (r.stdout.splitlines() or [r.stderr])[-1]
+
+
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
 @pytest.mark.parametrize("args,status", [(["--help"], 0), (["--bogus"], 2),
                                          (["train.batch_size=0"], 2)])
 def test_help_and_bad_arguments_do_not_import_the_framework(backend, args, status, tmp_path):
     """Importing torch takes seconds; the train CLIs answer --help, argument errors and
     config errors without it (the Trainer is imported only when training starts)."""
-    script = (f"import runpy, sys\nsys.argv = ['train', *{args!r}]\n"
-              f"try:\n    runpy.run_module('{backend}_models.train', run_name='__main__')\n"
-              f"except SystemExit as e:\n    code = e.code\n"
-              f"print('exit', code, '{FRAMEWORK[backend]}' in sys.modules)")
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       cwd=tmp_path, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert r.stdout.splitlines()[-1] == f"exit {status} False", r.stderr
+    assert run_module_without_framework(f"{backend}_models.train", args, backend, tmp_path) == \
+        f"exit {status} False"
 
 
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
 @pytest.mark.parametrize("command", ["generate", "separate", "find_batch_size"])
 def test_other_cli_help_does_not_import_the_framework(backend, command, tmp_path):
-    script = (f"import runpy, sys\nsys.argv = ['{command}', '--help']\n"
-              f"try:\n    runpy.run_module('{backend}_models.{command}', run_name='__main__')\n"
-              f"except SystemExit as e:\n    code = e.code\n"
-              f"print('exit', code, '{FRAMEWORK[backend]}' in sys.modules)")
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       cwd=tmp_path, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert r.stdout.splitlines()[-1] == "exit 0 False", r.stderr
+    assert run_module_without_framework(f"{backend}_models.{command}", ["--help"], backend,
+                                        tmp_path) == "exit 0 False"
 
 
 def test_exponent_without_a_dot_is_a_float():
