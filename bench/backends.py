@@ -121,33 +121,37 @@ class Backend:
                 "metric": "x real time", "value": spread(speed)}
 
     def streaming(self, spec, seed: int, utterance_seconds: list[float], chunk_ms: int,
-                  repeats: int, sample_rate: int) -> dict:
-        """Per-chunk latency of streaming translation (as the stream CLI: features, the
-        Emformer step, the CTC heads) for utterances of each length: the encoder's cost
-        per chunk must not grow with the utterance. First of repeats + 1 runs: warm-up."""
+                  repeats: int, sample_rate: int, policy: str = "wait-k") -> dict:
+        """Per-chunk cost of simultaneous translation (as the stream CLI: features, the
+        Emformer step, the CTC heads, the policy, KV-cached MT decoding and the units of
+        the new MT states) for utterances of each length: it must not grow with the
+        utterance. First of repeats + 1 runs: warm-up. Random weights write whatever they
+        predict; the tokens and units written are reported with the times."""
         from shared.audio.fbank import CMVN
-        from shared.cli.stream import stream
+        from shared.simultaneous import Policy, SimultaneousTranslator
         model = self.models.build_model(spec, seed)
         identity = CMVN(np.zeros(spec.n_mels), np.ones(spec.n_mels))
         rng = np.random.default_rng(seed)
         by_length = {}
+
+        def last_tenth(ms):
+            return statistics.mean(ms[-max(1, len(ms) // 10):])   # where prefix recomputation would show
         for seconds in utterance_seconds:
             audio = (0.1 * rng.standard_normal(int(seconds * sample_rate))).astype(np.float32)
-            chunk_ms_runs, encoder_ms_runs, last_ms_runs = [], [], []
+            runs = {"chunk_ms": [], "encoder_ms": [], "chunk_ms_last_tenth": [], "encoder_ms_last_tenth": []}
             for rep in range(repeats + 1):
-                timing = stream(self.stream_session(model), audio, identity,
-                                sample_rate * chunk_ms // 1000, sample_rate=sample_rate)
+                translator = SimultaneousTranslator(self.stream_session(model), Policy(policy), identity,
+                                                    sample_rate, max_target_len=10 ** 6)
+                written = translator.run(audio, sample_rate * chunk_ms // 1000)
                 if rep:
-                    chunk_ms_runs.append(statistics.mean(timing["chunk_ms"]))
-                    encoder_ms_runs.append(statistics.mean(timing["encoder_ms"]))
-                    # The last tenth of the chunks: where a prefix-recomputing encoder is slowest.
-                    tail = timing["encoder_ms"][-max(1, len(timing["encoder_ms"]) // 10):]
-                    last_ms_runs.append(statistics.mean(tail))
-            by_length[f"{seconds:g}s"] = {"chunks": timing["chunks"], "chunk_ms": spread(chunk_ms_runs),
-                                          "encoder_ms": spread(encoder_ms_runs),
-                                          "encoder_ms_last_tenth": spread(last_ms_runs)}
+                    for key in ("chunk_ms", "encoder_ms"):
+                        runs[key].append(statistics.mean(getattr(written, key)))
+                        runs[key + "_last_tenth"].append(last_tenth(getattr(written, key)))
+            by_length[f"{seconds:g}s"] = {"chunks": len(written.chunk_ms), "mt_tokens": len(written.mt_tokens),
+                                          "units": len(written.units),
+                                          **{key: spread(values) for key, values in runs.items()}}
         longest = by_length[f"{max(utterance_seconds):g}s"]
-        return {"chunk_ms_setting": chunk_ms, "by_utterance_length": by_length,
+        return {"chunk_ms_setting": chunk_ms, "policy": policy, "by_utterance_length": by_length,
                 "metric": f"ms/chunk ({max(utterance_seconds):g} s utterance)",
                 "value": longest["chunk_ms"]}
 

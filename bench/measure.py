@@ -130,7 +130,7 @@ def bench_streaming(config: RunConfig, workers: dict, args) -> dict:
     if not args.stream_seconds:
         return {}
     return {name: w.call("streaming", config.model, config.train.seed, args.stream_seconds,
-                         args.chunk_ms, args.repeats, config.data.sample_rate)
+                         args.chunk_ms, args.repeats, config.data.sample_rate, args.stream_policy)
             for name, w in workers.items()}
 
 

@@ -96,11 +96,13 @@ def markdown(report: dict) -> str:
                              f"decode time / {ref}'s = {ratio['median']:.2f}x (per-run ratios "
                              f"{ratio['min']:.2f}-{ratio['max']:.2f})")
             if "by_utterance_length" in inf:
-                per = ", ".join(f"{length}: {r['chunk_ms']['median']:.1f} ms/chunk (encoder "
-                                f"{r['encoder_ms']['median']:.1f}, last tenth "
-                                f"{r['encoder_ms_last_tenth']['median']:.1f})"
+                per = ", ".join(f"{length}: {r['chunk_ms']['median']:.1f} ms/chunk (last tenth "
+                                f"{r['chunk_ms_last_tenth']['median']:.1f}; encoder "
+                                f"{r['encoder_ms']['median']:.1f}; {r['mt_tokens']} MT tokens, "
+                                f"{r['units']} units written)"
                                 for length, r in inf["by_utterance_length"].items())
-                notes.append(f"{run['model']} {name} streaming, {inf['chunk_ms_setting']} ms chunks: {per}")
+                notes.append(f"{run['model']} {name} streaming, {inf['chunk_ms_setting']} ms chunks, "
+                             f"{inf['policy']} policy: {per}")
     env, settings = report["environment"], report["settings"]
     mlx_env, torch_env = env.get("mlx", {}), env.get("torch", {})
     notes.append(f"{settings['repeats']} blocks of {settings['steps']} steps after "

@@ -74,6 +74,9 @@ def parse_args(argv=None):
                    default=[5.0, 60.0], help="EchoStream utterance lengths for per-chunk latency "
                                              "(default 5,60; empty: skip)")
     p.add_argument("--chunk-ms", type=int, default=320, help="EchoStream streaming chunk")
+    p.add_argument("--stream-policy", choices=("ctc", "wait-k", "offline"), default="wait-k",
+                   help="EchoStream: the simultaneous policy timed per chunk (default wait-k: a "
+                        "token per chunk whatever the random weights' CTC heads say)")
     p.add_argument("--hardware", help="shared/planner/hardware.py profile for MFU (default: detected)")
     p.add_argument("--threads", type=int, help="CPU threads for torch and for MLX's BLAS; also sets "
                                                 "train.cpu_streams (MLX's parallel CPU parts) "

@@ -344,6 +344,56 @@ class MTDecoder(nn.Module):
         states = self.norm(x)
         return self.out_proj(states), states
 
+    # -- incremental decoding (inference, eval mode) ---------------------------------
+    def new_cache(self) -> list:
+        """Per layer: self-attention keys/values of the tokens fed so far, and the
+        cross-attention keys/values of the encoder frames seen so far."""
+        return [{"k": None, "v": None, "cross_k": None, "cross_v": None} for _ in self.layers]
+
+    def extend_memory(self, cache: list, frames):
+        """Project new encoder frames (B, m, D) for every layer's cross-attention; a
+        stream adds its frames as they come, so no frame is projected twice."""
+        if frames is None or frames.shape[1] == 0:
+            return
+        for layer, c in zip(self.layers, cache):
+            k, v = layer.cross_attn.k_proj(frames), layer.cross_attn.v_proj(frames)
+            c["cross_k"] = k if c["cross_k"] is None else mx.concatenate([c["cross_k"], k], axis=1)
+            c["cross_v"] = v if c["cross_v"] is None else mx.concatenate([c["cross_v"], v], axis=1)
+
+    def step(self, tokens, cache: list, memory_mask=None):
+        """Logits (B, n, V) and states (B, n, Dm) of n new tokens that follow those in
+        `cache`, attending to the frames in `cache`: __call__'s last n positions without
+        recomputing the prefix. Returns also the new tokens' keys/values; `commit` adds
+        them to the cache (a policy that waits for more audio drops them instead)."""
+        n = tokens.shape[1]
+        past = 0 if cache[0]["k"] is None else cache[0]["k"].shape[1]
+        x = self.embed_tokens(tokens) * self.embed_scale
+        x = x + mx.array(sinusoidal_positions(past + n, x.shape[-1])[past:]).astype(x.dtype)
+        mask = mx.array(causal_mask(n, past)).astype(x.dtype)
+        if memory_mask is None:
+            memory_mask = mx.zeros((1, 1, 1, cache[0]["cross_k"].shape[1]), x.dtype)
+        new_keys_values = []
+        for layer, c in zip(self.layers, cache):
+            h = layer.self_attn_norm(x)
+            attn = layer.self_attn
+            k, v = attn.k_proj(h), attn.v_proj(h)
+            new_keys_values.append((k, v))
+            if c["k"] is not None:
+                k, v = mx.concatenate([c["k"], k], axis=1), mx.concatenate([c["v"], v], axis=1)
+            x = x + attn.attend(attn.q_proj(h), k, v, mask)
+            cross = layer.cross_attn
+            x = x + cross.attend(cross.q_proj(layer.cross_attn_norm(x)), c["cross_k"], c["cross_v"],
+                                 memory_mask)
+            x = x + layer.ffn(layer.ffn_norm(x))
+        states = self.norm(x)
+        return self.out_proj(states), states, new_keys_values
+
+    @staticmethod
+    def commit(cache: list, new_keys_values: list):
+        for c, (k, v) in zip(cache, new_keys_values):
+            c["k"] = k if c["k"] is None else mx.concatenate([c["k"], k], axis=1)
+            c["v"] = v if c["v"] is None else mx.concatenate([c["v"], v], axis=1)
+
 
 class UnitDecoder(nn.Module):
     """Non-autoregressive unit decoder: every MT state repeated unit_upsample times,
@@ -429,19 +479,24 @@ class EchoStream(nn.Module):
         tokens = mx.full((B, 1), BOS, mx.int32)
         finished = mx.zeros((B,), mx.bool_)
         never = mx.arange(self.spec.tgt_vocab_size) == PAD   # PAD is never predicted
-        outputs = []
+        cache = self.mt_decoder.new_cache()   # keys/values: each token is fed once
+        self.mt_decoder.extend_memory(cache, encoder_out)
+        outputs, step_states = [], []
         for _ in range(max(max_target_len, 1)):
-            logits, states = self.mt_decoder(tokens, encoder_out, encoder_mask)
+            logits, states, new_keys_values = self.mt_decoder.step(tokens, cache, encoder_mask)
+            self.mt_decoder.commit(cache, new_keys_values)
+            step_states.append(states)
             last = mx.where(never, -mx.inf, logits[:, -1].astype(mx.float32))
             next_token = mx.where(finished, PAD, mx.argmax(last, axis=-1).astype(mx.int32))
             outputs.append(next_token)
             finished = finished | (next_token == EOS)
             if finished.all().item() or len(outputs) == max_target_len:
                 break
-            tokens = mx.concatenate([tokens, next_token[:, None]], axis=1)
+            tokens = next_token[:, None]
         mt_tokens = mx.stack(outputs, axis=1)
-        # `states` are those of [BOS] + mt_tokens[:, :-1] (the last loop step): valid up
-        # to and including the step that produced EOS, as in training.
+        # The states of [BOS] + mt_tokens[:, :-1]: valid up to and including the step
+        # that produced EOS, as in training.
+        states = mx.concatenate(step_states, axis=1)
         is_eos = mt_tokens == EOS
         n_states = mx.where(is_eos.any(axis=1), mx.argmax(is_eos, axis=1) + 1, mt_tokens.shape[1])
         unit_logits, unit_lengths = self.unit_decoder(states, n_states.astype(mx.int32))

@@ -7,6 +7,7 @@ import numpy as np
 
 from mlx_models.models import load_model
 from shared.cli.stream import main
+from shared.specs.echostream import BOS, PAD
 
 
 class StreamSession:
@@ -19,6 +20,9 @@ class StreamSession:
         self.model = model
         self.state = model.init_stream()
         self.frames, self.asr, self.st, self.st_cache = [], [], [], []
+        # MT decoder: keys/values of the accepted tokens and of the frames seen so far
+        self.mt_cache, self.frames_in_cache = model.mt_decoder.new_cache(), 0
+        self.last_token, self.pending, self.mt_states = BOS, None, []
 
     def push(self, features: np.ndarray) -> int:
         """(n, n_mels) new feature frames -> number of new encoder frames."""
@@ -46,16 +50,42 @@ class StreamSession:
     def st_argmax(self) -> np.ndarray:
         return np.concatenate(self.st) if self.st else np.zeros(0, np.int32)
 
-    def translate(self, max_target_len: int) -> dict:
-        """Greedy MT over every encoder frame, then the unit decoder on its states."""
-        out = self.encoder_out()
-        if out is None:
-            return {"mt_tokens": np.zeros(0, np.int32), "unit_ctc_argmax": np.zeros(0, np.int32),
-                    "unit_length": 0}
-        d = self.model.decode_encoded(out, mx.array([out.shape[1]], mx.int32), max_target_len)
-        return {"mt_tokens": np.array(d["mt_tokens"][0]),
-                "unit_ctc_argmax": np.array(d["unit_ctc_argmax"][0]),
-                "unit_length": int(d["unit_lengths"][0].item())}
+    @property
+    def n_frames(self) -> int:
+        return sum(f.shape[1] for f in self.frames)
+
+    @property
+    def n_states(self) -> int:
+        return len(self.mt_states)
+
+    def mt_propose(self) -> int:
+        """Greedy next MT token over every encoder frame so far. Only the last accepted
+        token is fed (the others are in the cache); nothing is kept until mt_accept."""
+        new_frames = self.frames[self.frames_in_cache:]
+        if new_frames:
+            self.model.mt_decoder.extend_memory(self.mt_cache, mx.concatenate(new_frames, axis=1))
+            self.frames_in_cache = len(self.frames)
+        logits, states, keys_values = self.model.mt_decoder.step(
+            mx.array([[self.last_token]], mx.int32), self.mt_cache)
+        self.pending = (states, keys_values)
+        scores = logits[0, -1].astype(mx.float32)
+        scores = mx.where(mx.arange(scores.shape[0]) == PAD, -mx.inf, scores)   # PAD never predicted
+        return int(mx.argmax(scores).item())
+
+    def mt_accept(self, token: int):
+        """Keep the proposed token: its input's keys/values and state are final."""
+        states, keys_values = self.pending
+        self.model.mt_decoder.commit(self.mt_cache, keys_values)
+        self.mt_states.append(states)
+        self.last_token, self.pending = token, None
+
+    def unit_argmax(self, start: int, end: int) -> np.ndarray:
+        """Unit ids at the positions of MT states start..end-1; the (non-causal) unit
+        decoder runs over states 0..end-1, so earlier positions are recomputed."""
+        logits, _ = self.model.unit_decoder(mx.concatenate(self.mt_states[:end], axis=1),
+                                            mx.array([end], mx.int32))
+        up = self.model.spec.unit_upsample
+        return np.array(mx.argmax(logits[0, start * up:end * up], axis=-1))
 
 
 def load(checkpoint):

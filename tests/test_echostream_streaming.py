@@ -246,7 +246,7 @@ def test_parallel_encoder_matches_float64_reference(backend, variant):
 def test_stream_session_heads_equal_batch_decoding(backend):
     """The stream CLI's session (the encoder, ASR CTC per new frame, ST CTC with cached
     keys and values) gives the per-frame outputs that batch decoding of the whole
-    utterance gives, and the same translation and units at the end."""
+    utterance gives (its MT and units: tests/test_simultaneous.py)."""
     from mlx_models.stream import StreamSession as MLXSession
     from torch_models.stream import StreamSession as TorchSession
 
@@ -280,8 +280,3 @@ def test_stream_session_heads_equal_batch_decoding(backend):
     assert len(session.asr_argmax()) == n == encoder_length(features.shape[1], spec)
     np.testing.assert_array_equal(session.asr_argmax(), decoded["asr_ctc_argmax"][0, :n])
     np.testing.assert_array_equal(session.st_argmax(), decoded["st_ctc_argmax"][0, :n])
-    out = session.translate(12)
-    np.testing.assert_array_equal(out["mt_tokens"], decoded["mt_tokens"][0])
-    assert out["unit_length"] == int(decoded["unit_lengths"][0])
-    np.testing.assert_array_equal(out["unit_ctc_argmax"][:out["unit_length"]],
-                                  decoded["unit_ctc_argmax"][0, :out["unit_length"]])

@@ -94,3 +94,43 @@ def test_bad_inputs_are_one_line(checkpoint, tmp_path):
     lm_like.mkdir()
     r = run("torch_models.stream", "--checkpoint", str(lm_like), str(rate))
     assert r.returncode == 2 and "holds no checkpoint" in r.stderr
+
+
+@pytest.mark.slow
+def test_simuleval_with_our_agent_scores_what_our_evaluation_scores(checkpoint, tmp_path):
+    """SimulEval itself, running shared/simuleval_agent.py on three demo utterances in
+    320 ms segments, reports the BLEU and latency that shared/eval/streaming.py computes
+    for the same checkpoint, policy and chunk size."""
+    import shutil
+
+    from shared.cli.stream import load_checkpoint
+    from shared.data.s2ut import load_audio, read_manifest
+    from shared.eval.latency import LATENCY_METRICS
+    from shared.eval.streaming import evaluate_simultaneous
+    from torch_models.stream import load
+
+    simuleval = shutil.which("simuleval")
+    assert simuleval, "simuleval is a dev dependency"
+    utterances = read_manifest(checkpoint / "data" / "synth_s2ut" / "dev.tsv")[:3]
+    (tmp_path / "src.txt").write_text("".join(f"{u.audio}\n" for u in utterances))
+    (tmp_path / "tgt.txt").write_text("".join(f"{u.tgt_text}\n" for u in utterances))
+    r = subprocess.run([simuleval, "--agent-class", "shared.simuleval_agent.EchoStreamAgent",
+                        "--checkpoint", str(checkpoint), "--backend", "torch", "--policy", "ctc",
+                        "--max-target-len", "30",
+                        "--source", str(tmp_path / "src.txt"), "--target", str(tmp_path / "tgt.txt"),
+                        "--source-type", "speech", "--target-type", "text", "--source-segment-size", "320",
+                        "--output", str(tmp_path / "out"), "--quality-metrics", "BLEU",
+                        "--latency-metrics", *LATENCY_METRICS],
+                       cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    header, values = (tmp_path / "out" / "scores.tsv").read_text().splitlines()[:2]
+    theirs = dict(zip(header.split(), map(float, values.split())))
+
+    loaded = load_checkpoint("torch", load, str(checkpoint))
+    [ours] = evaluate_simultaneous(loaded["new_session"], loaded["src"], loaded["tgt"], loaded["cmvn"],
+                                   loaded["sample_rate"], utterances, load_audio, [320], policy="ctc",
+                                   max_target_len=30, progress=False)
+    assert ours["bleu"] == pytest.approx(theirs["BLEU"], abs=1e-3)
+    for name in LATENCY_METRICS:   # SimulEval rounds to 3 decimals
+        assert ours["text_latency_ms"][name] == pytest.approx(theirs[name], abs=2e-3), name

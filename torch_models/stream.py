@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from shared.cli.stream import main
+from shared.specs.echostream import BOS, PAD
 from torch_models.models import load_model
 from torch_models.trainer import default_device
 
@@ -20,6 +21,9 @@ class StreamSession:
         self.model, self.device = model, device
         self.state = model.init_stream()
         self.frames, self.asr, self.st, self.st_cache = [], [], [], []
+        # MT decoder: keys/values of the accepted tokens and of the frames seen so far
+        self.mt_cache, self.frames_in_cache = model.mt_decoder.new_cache(), 0
+        self.last_token, self.pending, self.mt_states = BOS, None, []
 
     @torch.no_grad()
     def push(self, features: np.ndarray) -> int:
@@ -50,18 +54,44 @@ class StreamSession:
     def st_argmax(self) -> np.ndarray:
         return np.concatenate(self.st) if self.st else np.zeros(0, np.int64)
 
+    @property
+    def n_frames(self) -> int:
+        return sum(f.shape[1] for f in self.frames)
+
+    @property
+    def n_states(self) -> int:
+        return len(self.mt_states)
+
     @torch.no_grad()
-    def translate(self, max_target_len: int) -> dict:
-        """Greedy MT over every encoder frame, then the unit decoder on its states."""
-        out = self.encoder_out()
-        if out is None:
-            return {"mt_tokens": np.zeros(0, np.int64), "unit_ctc_argmax": np.zeros(0, np.int64),
-                    "unit_length": 0}
-        lengths = torch.tensor([out.shape[1]], dtype=torch.int32, device=self.device)
-        d = self.model.decode_encoded(out, lengths, max_target_len)
-        return {"mt_tokens": d["mt_tokens"][0].cpu().numpy(),
-                "unit_ctc_argmax": d["unit_ctc_argmax"][0].cpu().numpy(),
-                "unit_length": int(d["unit_lengths"][0])}
+    def mt_propose(self) -> int:
+        """Greedy next MT token over every encoder frame so far. Only the last accepted
+        token is fed (the others are in the cache); nothing is kept until mt_accept."""
+        new_frames = self.frames[self.frames_in_cache:]
+        if new_frames:
+            self.model.mt_decoder.extend_memory(self.mt_cache, torch.cat(new_frames, dim=1))
+            self.frames_in_cache = len(self.frames)
+        token = torch.tensor([[self.last_token]], dtype=torch.int32, device=self.device)
+        logits, states, keys_values = self.model.mt_decoder.step(token, self.mt_cache)
+        self.pending = (states, keys_values)
+        scores = logits[0, -1].float()
+        scores[PAD] = -torch.inf   # PAD is never predicted
+        return int(torch.argmax(scores))
+
+    def mt_accept(self, token: int):
+        """Keep the proposed token: its input's keys/values and state are final."""
+        states, keys_values = self.pending
+        self.model.mt_decoder.commit(self.mt_cache, keys_values)
+        self.mt_states.append(states)
+        self.last_token, self.pending = token, None
+
+    @torch.no_grad()
+    def unit_argmax(self, start: int, end: int) -> np.ndarray:
+        """Unit ids at the positions of MT states start..end-1; the (non-causal) unit
+        decoder runs over states 0..end-1, so earlier positions are recomputed."""
+        lengths = torch.tensor([end], dtype=torch.int32, device=self.device)
+        logits, _ = self.model.unit_decoder(torch.cat(self.mt_states[:end], dim=1), lengths)
+        up = self.model.spec.unit_upsample
+        return torch.argmax(logits[0, start * up:end * up], dim=-1).cpu().numpy()
 
 
 def load(checkpoint):

@@ -1,35 +1,32 @@
 """The command line of `python -m mlx_models.stream` and `python -m torch_models.stream`:
 simultaneous speech-to-unit translation of a WAV file, fed chunk by chunk as if it came
-from a microphone.
+from a microphone, with the translation written while the audio is read.
 
-    audio chunk --StreamingFbank--> new frames --CMVN--> StreamSession.push (Emformer state
+    audio chunk --StreamingFbank--> new frames --CMVN--> session.push (Emformer state
     carried: constant work per chunk) --> ASR CTC and ST CTC transcripts so far
-    end of audio --> StreamSession.finish --> MT decoder (greedy) --> unit decoder (CTC)
+    --policy (shared/simultaneous.py)--> MT tokens (KV-cached greedy decoding) --> units
 
-The backend supplies `load(checkpoint) -> (new_session, config)`; a session has
-`push(features) -> new encoder frames`, `finish()`, `asr_argmax()`, `st_argmax()` and
-`translate(max_target_len) -> {"mt_tokens", "unit_ctc_argmax", "unit_length"}`.
-Reading audio, features, timing, detokenising and printing live here, once.
+The backend supplies `load(checkpoint) -> (new_session, config)` (the session's methods:
+shared/simultaneous.py). Reading audio, the policy, timing, detokenising and printing
+live here and in shared/simultaneous.py, once.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from shared.audio.fbank import CMVN, FbankOptions, StreamingFbank
 from shared.audio.files import read_audio_file
-from shared.engine.checkpoint import resolve_checkpoint
-from shared.errors import CheckpointError
 from shared.cli import run_cli
 from shared.data.lm_text import load_tokenizer
-from shared.errors import DataError
-from shared.data.s2ut import cmvn_from_file, mt_token_ids, unit_sequence
+from shared.data.s2ut import cmvn_from_file
+from shared.engine.checkpoint import resolve_checkpoint
+from shared.errors import CheckpointError, DataError
 from shared.eval.text import ctc_collapse
+from shared.simultaneous import POLICIES, Policy, SimultaneousTranslator
 
 CHECKPOINT_FILES = ("src_tokenizer.model", "tgt_tokenizer.model", "cmvn.npz")
 
@@ -44,107 +41,125 @@ def read_speech(path: Path, sample_rate: int) -> np.ndarray:
     return audio[:, 0]
 
 
-def stream(session, audio: np.ndarray, cmvn: CMVN, chunk_samples: int, on_chunk=None,
-           sample_rate: int = 16000) -> dict:
-    """Feed `audio` through `session` chunk by chunk. Per chunk: features, the encoder
-    step and the CTC heads, timed separately; `on_chunk(i, seconds_so_far, session)` is
-    called after each (for printing; not timed). Returns per-chunk milliseconds."""
-    fbank = StreamingFbank(FbankOptions(sample_rate=sample_rate))  # as in training
-    encoder_ms, total_ms = [], []
-    starts = range(0, max(len(audio), 1), chunk_samples)
-    for i, start in enumerate(starts):
-        t0 = time.perf_counter()
-        features = cmvn.apply(fbank.accept_waveform(audio[start:start + chunk_samples]))
-        t1 = time.perf_counter()
-        session.push(features)
-        t2 = time.perf_counter()
-        session.asr_argmax(), session.st_argmax()
-        t3 = time.perf_counter()
-        encoder_ms.append(1e3 * (t2 - t1))
-        total_ms.append(1e3 * (t3 - t0))
-        if on_chunk is not None:
-            on_chunk(i, min(start + chunk_samples, len(audio)) / sample_rate, session)
-    t0 = time.perf_counter()
-    session.finish()
-    finish_ms = 1e3 * (time.perf_counter() - t0)
-    return {"chunks": len(total_ms), "encoder_ms": encoder_ms, "chunk_ms": total_ms,
-            "finish_ms": finish_ms}
-
-
 def summary(ms: list[float]) -> dict:
     a = np.asarray(ms, np.float64)
     return {"mean": float(a.mean()), "p50": float(np.median(a)), "p95": float(np.percentile(a, 95)),
             "max": float(a.max())}
 
 
+def load_checkpoint(backend: str, load, checkpoint: str) -> dict:
+    """The session factory, config, tokenizers, CMVN and sample rate of an EchoStream
+    checkpoint, or one CheckpointError naming what is missing."""
+    ckpt = resolve_checkpoint(checkpoint, report=sys.stderr)
+    missing = [name for name in CHECKPOINT_FILES if not (ckpt / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{ckpt} lacks {', '.join(missing)}: streaming needs a checkpoint "
+                              f"saved by EchoStream training (python -m {backend}_models.train "
+                              f"--config configs/echostream_demo.yaml)")
+    new_session, config = load(ckpt)
+    spec = config["model"]
+    return {"new_session": new_session, "config": config,
+            "src": load_tokenizer(ckpt / "src_tokenizer.model", spec["src_vocab_size"]),
+            "tgt": load_tokenizer(ckpt / "tgt_tokenizer.model", spec["tgt_vocab_size"]),
+            "cmvn": cmvn_from_file(ckpt / "cmvn.npz"),
+            "sample_rate": int(config.get("data", {}).get("sample_rate", 16000))}
+
+
+def check_stream_args(args):
+    if args.chunk_ms < 10:
+        raise DataError(f"--chunk-ms must be >= 10 (one feature frame), got {args.chunk_ms}")
+    if args.max_target_len < 1:
+        raise DataError(f"--max-target-len must be >= 1, got {args.max_target_len}")
+    if args.k < 0:
+        raise DataError(f"--k must be >= 0, got {args.k}")
+
+
+def add_policy_args(p: argparse.ArgumentParser):
+    p.add_argument("--policy", choices=POLICIES, default="ctc",
+                   help="when to write: ctc (StreamSpeech: when the ASR CTC transcript grows, up to "
+                        "the ST CTC length - k tokens), wait-k (one token per chunk after k chunks), "
+                        "offline (everything after the audio ends); default ctc")
+    p.add_argument("--k", type=int, default=0, help="the policy's lag (tokens for ctc, chunks for wait-k)")
+    p.add_argument("--max-target-len", type=int, default=200, help="MT decoder tokens at most")
+
+
 def main(backend: str, load, argv=None) -> int:
     p = argparse.ArgumentParser(prog=f"python -m {backend}_models.stream",
-                                description="Streaming speech-to-unit translation with an EchoStream "
-                                            f"checkpoint ({backend}): the audio is fed chunk by chunk "
-                                            "and the transcripts are printed as they grow.")
+                                description="Simultaneous speech-to-unit translation with an EchoStream "
+                                            f"checkpoint ({backend}): the audio is fed chunk by chunk and "
+                                            "MT words and units are printed as they are written, with the "
+                                            "audio time at which each was written.")
     p.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
-    p.add_argument("input", help="mono WAV at the model's data.sample_rate, 16 kHz by default "
-                                 "(or any format soundfile reads)")
+    p.add_argument("input", help="mono WAV (any rate soundfile reads; resampled to the model's "
+                                 "data.sample_rate, 16 kHz by default)")
     p.add_argument("--chunk-ms", type=int, default=320, help="audio per chunk (default 320 ms)")
-    p.add_argument("--max-target-len", type=int, default=200, help="MT decoder tokens at most")
+    add_policy_args(p)
     p.add_argument("--quiet", action="store_true", help="print only the final results")
-    p.add_argument("--json", help="also write results and per-chunk timings here")
+    p.add_argument("--json", help="also write results, what was written when, and per-chunk timings here")
     args = p.parse_args(argv)
 
     def run():
-        if args.chunk_ms < 10:
-            raise DataError(f"--chunk-ms must be >= 10 (one feature frame), got {args.chunk_ms}")
-        if args.max_target_len < 1:
-            raise DataError(f"--max-target-len must be >= 1, got {args.max_target_len}")
+        from shared.eval.latency import TimedOutput, latency_scores
+        from shared.simultaneous import word_delays
+
+        check_stream_args(args)
         if args.json and not Path(args.json).resolve().parent.is_dir():
             raise DataError(f"--json {args.json}: no such directory {Path(args.json).parent}")
-        ckpt = resolve_checkpoint(args.checkpoint, report=sys.stderr)
-        missing = [name for name in CHECKPOINT_FILES if not (ckpt / name).is_file()]
-        if missing:
-            raise CheckpointError(f"{ckpt} lacks {', '.join(missing)}: stream needs a checkpoint "
-                                  f"saved by EchoStream training (python -m {backend}_models.train "
-                                  f"--config configs/echostream_demo.yaml)")
-        new_session, config = load(ckpt)
-        spec = config["model"]
-        src = load_tokenizer(ckpt / "src_tokenizer.model", spec["src_vocab_size"])
-        tgt = load_tokenizer(ckpt / "tgt_tokenizer.model", spec["tgt_vocab_size"])
-        cmvn = cmvn_from_file(ckpt / "cmvn.npz")
-        sample_rate = int(config.get("data", {}).get("sample_rate", 16000))
+        loaded = load_checkpoint(backend, load, args.checkpoint)
+        src, tgt, sample_rate = loaded["src"], loaded["tgt"], loaded["sample_rate"]
         audio = read_speech(Path(args.input), sample_rate)
         seconds = len(audio) / sample_rate
-        shown = {"asr": None, "st": None}
+        session = loaded["new_session"]()
+        translator = SimultaneousTranslator(session, Policy(args.policy, args.k), loaded["cmvn"],
+                                            sample_rate, args.max_target_len)
+        shown_text = [""]
 
-        def show(i, t, session):
-            asr = src.decode(ctc_collapse(session.asr_argmax()))
-            st = tgt.decode(ctc_collapse(session.st_argmax()))
-            if not args.quiet and (asr, st) != (shown["asr"], shown["st"]):
-                print(f"[{t:6.2f} s] ASR: {asr}\n{'':11}ST:  {st}", flush=True)
-            shown.update(asr=asr, st=st)
+        def show(t, new_tokens, new_units):
+            if args.quiet:
+                return
+            text = tgt.decode(translator.out.mt_tokens)
+            line = f"[{t:6.2f} s]"
+            if new_tokens:
+                line += f" MT: {text[len(shown_text[0]):].strip() if text.startswith(shown_text[0]) else text}"
+            if new_units:
+                line += f"  units: {' '.join(map(str, new_units))}"
+            shown_text[0] = text
+            print(line, flush=True)
 
-        session = new_session()
-        timing = stream(session, audio, cmvn, sample_rate * args.chunk_ms // 1000, show, sample_rate)
-        t0 = time.perf_counter()
-        out = session.translate(args.max_target_len)
-        translate_ms = 1e3 * (time.perf_counter() - t0)
-        mt_ids = mt_token_ids(out["mt_tokens"])
-        units = unit_sequence(out["unit_ctc_argmax"], out["unit_length"])
+        written = translator.run(audio, sample_rate * args.chunk_ms // 1000, show)
+        pieces = [tgt.id_to_piece(t) for t in written.mt_tokens]
+        word_elapsed = word_delays(pieces, written.mt_elapsed, written.source_ms + written.compute_ms)
+        text_latency = latency_scores([TimedOutput(word_delays(pieces, written.mt_delays, written.source_ms),
+                                                   written.source_ms, elapsed=word_elapsed)])
+        unit_latency = latency_scores([TimedOutput(written.unit_delays, written.source_ms,
+                                                   elapsed=written.unit_elapsed)])
+        total_ms = sum(written.chunk_ms) + written.finish_ms
         result = {
             "asr": src.decode(ctc_collapse(session.asr_argmax())),
             "st_ctc": tgt.decode(ctc_collapse(session.st_argmax())),
-            "mt": tgt.decode(mt_ids), "units": units, "audio_seconds": seconds,
-            "chunk_ms_setting": args.chunk_ms, "chunks": timing["chunks"],
-            "encoder_ms": summary(timing["encoder_ms"]), "chunk_ms": summary(timing["chunk_ms"]),
-            "finish_ms": timing["finish_ms"], "translate_ms": translate_ms,
-            "real_time_factor": (sum(timing["chunk_ms"]) + timing["finish_ms"] + translate_ms)
-            / 1e3 / max(seconds, 1e-9)}
+            "mt": tgt.decode(written.mt_tokens), "units": written.units, "audio_seconds": seconds,
+            "policy": args.policy, "k": args.k, "chunk_ms_setting": args.chunk_ms,
+            "chunks": len(written.chunk_ms),
+            "encoder_ms": summary(written.encoder_ms), "chunk_ms": summary(written.chunk_ms),
+            "finish_ms": written.finish_ms, "real_time_factor": total_ms / 1e3 / max(seconds, 1e-9),
+            "latency_ms": {"text": text_latency, "units": unit_latency},
+            "computation_aware_latency_ms": {
+                "text": latency_scores([TimedOutput(word_elapsed, written.source_ms)]),
+                "units": latency_scores([TimedOutput(written.unit_elapsed, written.source_ms)])},
+        }
         print(f"ASR:   {result['asr']}\nST:    {result['st_ctc']}\nMT:    {result['mt']}\n"
-              f"units: {' '.join(map(str, units))}")
+              f"units: {' '.join(map(str, written.units))}")
         c, e = result["chunk_ms"], result["encoder_ms"]
-        print(f"[{backend}] {seconds:.2f} s of audio in {timing['chunks']} chunks of {args.chunk_ms} ms: "
-              f"per chunk {c['mean']:.1f} ms mean, {c['p95']:.1f} ms p95 (encoder {e['mean']:.1f} ms); "
-              f"final MT + units {translate_ms:.0f} ms; real-time factor "
-              f"{result['real_time_factor']:.3f}", file=sys.stderr)
+        al = text_latency["AL"]
+        print(f"[{backend}] {seconds:.2f} s of audio in {len(written.chunk_ms)} chunks of {args.chunk_ms} ms, "
+              f"policy {args.policy} (k={args.k}): per chunk {c['mean']:.1f} ms mean, {c['p95']:.1f} ms p95 "
+              f"(encoder {e['mean']:.1f} ms); after the audio {written.finish_ms:.0f} ms; text AL "
+              f"{al:.0f} ms; real-time factor {result['real_time_factor']:.3f}", file=sys.stderr)
         if args.json:
-            Path(args.json).write_text(json.dumps(result | {"timing": timing}, indent=1))
+            timing = {"chunk_ms": written.chunk_ms, "encoder_ms": written.encoder_ms}
+            emitted = {"mt_tokens": written.mt_tokens, "mt_delays_ms": written.mt_delays,
+                       "mt_elapsed_ms": written.mt_elapsed, "unit_delays_ms": written.unit_delays,
+                       "unit_elapsed_ms": written.unit_elapsed}
+            Path(args.json).write_text(json.dumps(result | {"timing": timing, "written": emitted}, indent=1))
             print(f"wrote the results and per-chunk timings to {args.json}", file=sys.stderr)
     return run_cli(run, errors=(CheckpointError, DataError, ValueError))
