@@ -14,15 +14,18 @@ the parallel encoder's output for the whole utterance. Call `model.eval()` first
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import mlx.core as mx
+import numpy as np
 import mlx.nn as nn
 
 from mlx_models.ctc import ctc_loss
 from mlx_models.recompute import Dropout, run_layer
 from shared.specs.echostream import (BLANK, BOS, EOS, MEMORY_CLAMP, NEG, PAD, EchoStreamSpec,
                                      causal_mask, emformer_layout, emformer_stream_mask,
-                                     encoder_length, sinusoidal_positions)
+                                     encoder_length, limits_to_mask, mt_memory_limits,
+                                     sinusoidal_positions, unit_causal_mask)
 
 
 def padding_mask(lengths, n: int, dtype):
@@ -182,16 +185,21 @@ class EmformerEncoder(nn.Module):
         self.subsample = ConvSubsampler(spec)
         self.layers = [EmformerLayer(spec) for _ in range(spec.encoder_layers)]
 
-    def __call__(self, features, feature_lengths, checkpoint_layers: bool = False):
+    def __call__(self, features, feature_lengths, checkpoint_layers: bool = False,
+                 segment_length: int | None = None):
         """Parallel (training) forward: (B, T, n_mels), (B,) -> (B, T', D), (B,).
         checkpoint_layers: keep only each Emformer layer's inputs for the backward pass."""
         lengths = subsampled_lengths(feature_lengths, self.spec.subsample_kernel)
-        return self.encode_frames(self.subsample(features), lengths, checkpoint_layers), lengths
+        return self.encode_frames(self.subsample(features), lengths, checkpoint_layers,
+                                  segment_length), lengths
 
-    def encode_frames(self, x, lengths, checkpoint_layers: bool = False):
+    def encode_frames(self, x, lengths, checkpoint_layers: bool = False, segment_length: int | None = None):
         """The Emformer layers, all segments at once, on subsampled frames (B, T', D)
-        of which the first `lengths` (B,) are real."""
+        of which the first `lengths` (B,) are real. `segment_length` overrides the
+        spec's (multi-chunk training; 0: the whole utterance is one segment)."""
         spec = self.spec
+        if segment_length is not None:
+            spec = replace(spec, segment_length=segment_length or max(x.shape[1], 1))
         B, n_frames, D = x.shape
         if n_frames == 0:
             return x
@@ -217,17 +225,20 @@ class EmformerEncoder(nn.Module):
         return utterance[:, :n_frames]
 
     # -- streaming -------------------------------------------------------------------
-    def init_stream(self) -> dict:
+    def init_stream(self, segment_length: int | None = None) -> dict:
+        """segment_length: encoder frames per streamed segment (None: the spec's; 0: the
+        whole utterance, encoded at stream_finish)."""
         D, n = self.spec.embed_dim, len(self.layers)
         empty = mx.zeros((1, 0, D))
         return {"features": mx.zeros((1, 0, self.spec.n_mels)),  # not yet subsampled
                 "frames": empty,                                  # not yet encoded
                 "memory": [empty] * n,                            # per layer, <= max_memory_size
-                "left": [empty] * n}                              # per layer, <= left_context
+                "left": [empty] * n,                              # per layer, <= left_context
+                "segment_length": self.spec.segment_length if segment_length is None else segment_length}
 
     def stream_encode(self, chunk, state: dict):
         spec = self.spec
-        S, R = spec.segment_length, spec.right_context
+        S, R = state["segment_length"] or math.inf, spec.right_context   # whole utterance: at the end
         features = mx.concatenate([state["features"], mx.array(chunk).astype(mx.float32)], axis=1)
         n_new = encoder_length(features.shape[1], spec)
         frames = state["frames"]
@@ -247,8 +258,8 @@ class EmformerEncoder(nn.Module):
 
     def stream_finish(self, state: dict):
         """Encode what is left once the utterance has ended (right contexts cut short)."""
-        S, R = self.spec.segment_length, self.spec.right_context
         frames, outputs = state["frames"], []
+        S, R = state["segment_length"] or max(frames.shape[1], 1), self.spec.right_context
         while frames.shape[1] > 0:
             out, state = self._stream_segment(frames[:, :S], frames[:, S:S + R], state)
             outputs.append(out)
@@ -316,6 +327,14 @@ class STCTCHead(nn.Module):
             x = x + attn.attend(attn.q_proj(h), k, v, mask)
             x = x + layer.ffn(layer.ffn_norm(x))
         return self.proj(self.norm(x))
+
+
+def append_keys_values(cache: list, new_keys_values: list):
+    """Add new positions' self-attention keys and values (one (k, v) per layer) to a
+    decoder's cache (MTDecoder, UnitDecoder)."""
+    for c, (k, v) in zip(cache, new_keys_values):
+        c["k"] = k if c["k"] is None else mx.concatenate([c["k"], k], axis=1)
+        c["v"] = v if c["v"] is None else mx.concatenate([c["v"], v], axis=1)
 
 
 class MTDecoder(nn.Module):
@@ -388,22 +407,19 @@ class MTDecoder(nn.Module):
         states = self.norm(x)
         return self.out_proj(states), states, new_keys_values
 
-    @staticmethod
-    def commit(cache: list, new_keys_values: list):
-        for c, (k, v) in zip(cache, new_keys_values):
-            c["k"] = k if c["k"] is None else mx.concatenate([c["k"], k], axis=1)
-            c["v"] = v if c["v"] is None else mx.concatenate([c["v"], v], axis=1)
+    commit = staticmethod(append_keys_values)
 
 
 class UnitDecoder(nn.Module):
     """Non-autoregressive unit decoder: every MT state repeated unit_upsample times,
-    projected, sinusoidal positions (the copies must differ), non-causal layers, CTC
-    projection to the n_units + 1 unit ids."""
+    projected, sinusoidal positions (the copies must differ), layers that see every state
+    (or, with model.unit_causal, the states so far), CTC projection to the n_units + 1
+    unit ids."""
 
     def __init__(self, spec: EchoStreamSpec):
         super().__init__()
         Du = spec.unit_embed_dim
-        self.upsample = spec.unit_upsample
+        self.upsample, self.causal = spec.unit_upsample, spec.unit_causal
         self.in_proj = nn.Linear(spec.mt_embed_dim, Du)
         self.layers = [TransformerLayer(Du, spec.unit_heads, spec.unit_ffn_dim, spec)
                        for _ in range(spec.unit_layers)]
@@ -418,9 +434,37 @@ class UnitDecoder(nn.Module):
         x = self.dropout(x + mx.array(sinusoidal_positions(n, x.shape[-1])).astype(x.dtype))
         lengths = state_lengths * self.upsample
         mask = padding_mask(lengths, n, x.dtype)
+        if self.causal:
+            mask = mask + mx.array(unit_causal_mask(states.shape[1], 0, self.upsample)).astype(x.dtype)
         for layer in self.layers:
             x = layer(x, mask)
         return self.out_proj(self.norm(x)), lengths
+
+    # -- incremental decoding (model.unit_causal, inference, eval mode) --------------
+    def new_cache(self) -> list:
+        return [{"k": None, "v": None} for _ in self.layers]
+
+    def step(self, states, cache: list):
+        """Logits (1, n * upsample, n_units + 1) of n new MT states (1, n, Dm) that follow
+        the states whose keys/values `cache` holds (extended): __call__'s positions for
+        these states, for a block-causal decoder, without recomputing earlier ones."""
+        n, past = states.shape[1], (0 if cache[0]["k"] is None else cache[0]["k"].shape[1] // self.upsample)
+        x = self.in_proj(mx.repeat(states, self.upsample, axis=1))
+        total = (past + n) * self.upsample
+        x = x + mx.array(sinusoidal_positions(total, x.shape[-1])[past * self.upsample:]).astype(x.dtype)
+        mask = mx.array(unit_causal_mask(n, past, self.upsample)).astype(x.dtype)
+        new_keys_values = []
+        for layer, c in zip(self.layers, cache):
+            h = layer.self_attn_norm(x)
+            attn = layer.self_attn
+            k, v = attn.k_proj(h), attn.v_proj(h)
+            new_keys_values.append((k, v))
+            if c["k"] is not None:
+                k, v = mx.concatenate([c["k"], k], axis=1), mx.concatenate([c["v"], v], axis=1)
+            x = x + attn.attend(attn.q_proj(h), k, v, mask)
+            x = x + layer.ffn(layer.ffn_norm(x))
+        append_keys_values(cache, new_keys_values)
+        return self.out_proj(self.norm(x))
 
 
 # -------------------------------------------------------------------------- model
@@ -437,24 +481,53 @@ class EchoStream(nn.Module):
         # storing its activations (the heads are small next to the encoder).
         self.checkpoint_activations = False
 
-    def encode(self, features, feature_lengths):
+    def encode(self, features, feature_lengths, segment_length: int | None = None):
         """(B, T, n_mels), (B,) -> encoder frames (B, T', D), lengths (B,)."""
-        return self.encoder(features, feature_lengths, self.checkpoint_activations and self.training)
+        return self.encoder(features, feature_lengths, self.checkpoint_activations and self.training,
+                            segment_length)
 
     def __call__(self, batch) -> dict:
-        """Teacher-forced logits of every head for a training batch (see loss_terms)."""
-        encoder_out, lengths = self.encode(batch["features"], batch["feature_lengths"])
+        """Teacher-forced logits of every head for a training batch (see loss_terms). A
+        multi-chunk batch carries its "segment_length" (shared/data/s2ut.py); the MT
+        decoder then sees only the frames the CTC policy would have read."""
+        segment_length = int(np.array(batch["segment_length"])[0]) if "segment_length" in batch else None
+        memory_mask = None
+        if segment_length:   # (0: the whole utterance is read before anything is written)
+            limits = self.policy_reads(batch, segment_length)
+        encoder_out, lengths = self.encode(batch["features"], batch["feature_lengths"], segment_length)
         encoder_mask = padding_mask(lengths, encoder_out.shape[1], encoder_out.dtype)
-        mt_logits, states = self.mt_decoder(batch["prev_output_tokens"], encoder_out, encoder_mask)
+        st_logits = self.st_ctc(encoder_out)
+        if segment_length:
+            memory_mask = mx.array(limits_to_mask(limits, encoder_out.shape[1])).astype(encoder_out.dtype)
+        else:
+            memory_mask = encoder_mask
+        mt_logits, states = self.mt_decoder(batch["prev_output_tokens"], encoder_out, memory_mask)
         # The states of [BOS] + target: one per target token and one for EOS.
         unit_logits, unit_lengths = self.unit_decoder(states, batch["tgt_lengths"] + 1)
         return {"encoder_lengths": lengths, "asr_logits": self.asr_ctc(encoder_out),
-                "st_logits": self.st_ctc(encoder_out), "mt_logits": mt_logits,
+                "st_logits": st_logits, "mt_logits": mt_logits,
                 "unit_logits": unit_logits, "unit_lengths": unit_lengths}
 
+    def policy_reads(self, batch, segment_length: int) -> np.ndarray:
+        """(B, L) encoder frames each MT query may see in multi-chunk training: what the
+        CTC policy would have read, from the ST CTC's best path (mt_memory_limits), a
+        constant of the step. A forward of its own, without dropout (as at inference),
+        evaluated now: evaluating part of the training graph early instead made MLX's
+        results vary in the last bit from run to run."""
+        training = self.training
+        self.eval()
+        try:
+            frames, lengths = self.encode(batch["features"], batch["feature_lengths"], segment_length)
+            st_log_probs = nn.log_softmax(mx.stop_gradient(self.st_ctc(frames)).astype(mx.float32), axis=-1)
+            return mt_memory_limits(np.array(st_log_probs), np.array(batch["tgt_tokens"]),
+                                    np.array(batch["tgt_lengths"]), np.array(lengths), segment_length,
+                                    batch["prev_output_tokens"].shape[1])
+        finally:
+            self.train(training)
+
     # -- streaming encoder -----------------------------------------------------------
-    def init_stream(self) -> dict:
-        return self.encoder.init_stream()
+    def init_stream(self, segment_length: int | None = None) -> dict:
+        return self.encoder.init_stream(segment_length)
 
     def stream_encode(self, features_chunk, state: dict):
         """(1, n, n_mels) new feature frames (any n) -> (1, m, D) newly final encoder

@@ -21,7 +21,7 @@ from simuleval.agents import SpeechToTextAgent
 from simuleval.agents.actions import ReadAction, WriteAction
 
 from shared.cli.stream import load_checkpoint
-from shared.simultaneous import POLICIES, Policy, SimultaneousTranslator
+from shared.simultaneous import POLICIES, Policy, SimultaneousTranslator, segment_for_chunk
 
 
 class EchoStreamAgent(SpeechToTextAgent):
@@ -39,12 +39,16 @@ class EchoStreamAgent(SpeechToTextAgent):
         load = importlib.import_module(f"{args.backend}_models.stream").load
         self.loaded = load_checkpoint(args.backend, load, args.checkpoint)
         self.policy_name, self.k, self.max_target_len = args.policy, args.k, args.max_target_len
+        # the encoder streams in segments of SimulEval's --source-segment-size (a model
+        # trained on several chunk sizes; others keep their own)
+        self.segment_length = segment_for_chunk(self.loaded["spec"], int(args.source_segment_size), args.policy)
         super().__init__(args)   # calls reset()
 
     def reset(self):
         super().reset()
         loaded = self.loaded
-        self.translator = SimultaneousTranslator(loaded["new_session"](), Policy(self.policy_name, self.k),
+        self.translator = SimultaneousTranslator(loaded["new_session"](self.segment_length),
+                                                 Policy(self.policy_name, self.k),
                                                  loaded["cmvn"], loaded["sample_rate"], self.max_target_len)
         self.samples_used, self.words_sent = 0, 0
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from shared.audio.fbank import CMVN, FbankOptions, StreamingFbank
 from shared.eval.text import ctc_collapse
-from shared.specs.echostream import BLANK, EOS
+from shared.specs.echostream import BLANK, ENCODER_FRAME_MS, EOS, chunk_segment_length
 
 POLICIES = ("ctc", "wait-k", "offline")
 
@@ -62,6 +62,31 @@ class Policy:
             return written
         self._asr_length = asr_length
         return max(st_length - self.k, 0)
+
+
+def segment_for_chunk(spec, chunk_ms: int, policy: str = "ctc", warn=None) -> int | None:
+    """The encoder segment a session should stream with for READ chunks of chunk_ms (0:
+    whole utterance): None keeps the model's own. Warns (on stderr by default) when the
+    checkpoint was not trained for this chunk size or policy, naming what it was trained for."""
+    import sys
+
+    warn = warn or (lambda text: print(text, file=sys.stderr, flush=True))
+    trained = spec.train_segment_lengths
+    if not trained:
+        if policy != "offline":
+            warn("note: this checkpoint was trained on whole utterances (model.train_segment_lengths is "
+                 "empty): its MT decoder never saw a partial source, so simultaneous output loses "
+                 "quality; train with model.train_segment_lengths for simultaneous use")
+        return None
+    names = ", ".join("whole" if n == 0 else f"{n * ENCODER_FRAME_MS} ms" for n in trained)
+    segment = chunk_segment_length(spec, chunk_ms)
+    if segment not in trained:
+        what = "whole utterances" if chunk_ms == 0 else f"{chunk_ms} ms chunks"
+        warn(f"warning: this checkpoint was trained for chunks of {names}, not {what}; "
+             f"expect lower quality (--chunk-ms {' or '.join(str(n * ENCODER_FRAME_MS) for n in trained if n)})")
+    if policy == "wait-k":
+        warn("note: this checkpoint's MT decoder was trained for the ctc policy's reads; wait-k is a baseline")
+    return segment
 
 
 @dataclass

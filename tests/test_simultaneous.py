@@ -22,8 +22,8 @@ N_MELS = 80   # the streaming fbank's
 IDENTITY = CMVN(np.zeros(N_MELS), np.ones(N_MELS))
 
 
-def spec():
-    return tiny_spec(n_mels=N_MELS, tgt_vocab_size=24)
+def spec(**changes):
+    return tiny_spec(n_mels=N_MELS, tgt_vocab_size=24, **changes)
 
 
 def speech(seconds: float, seed: int = 0) -> np.ndarray:
@@ -33,11 +33,11 @@ def speech(seconds: float, seed: int = 0) -> np.ndarray:
             ).astype(np.float32)
 
 
-def model_for(backend):
+def model_for(backend, **changes):
     """The tiny random model with the EOS row of its output projection zeroed: random
     weights often predict EOS first, and a translation of several tokens is what the tests
     need (the scripted tests below cover EOS)."""
-    model = build(backend, spec())
+    model = build(backend, spec(**changes))
     weight = model.mt_decoder.out_proj.weight
     if backend == "mlx":
         row = mx.arange(weight.shape[0])[:, None] == EOS
@@ -83,11 +83,12 @@ def test_cached_decoder_steps_equal_the_full_decoder(backend):
     np.testing.assert_allclose(np.concatenate(states, axis=1), full_states, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("unit_causal", [False, True], ids=["units-see-all", "units-causal"])
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
-def test_offline_policy_equals_batch_decoding(backend):
+def test_offline_policy_equals_batch_decoding(backend, unit_causal):
     """Written after the audio has ended, the translation and units are batch greedy
-    decoding's on the same features."""
-    model = model_for(backend)
+    decoding's on the same features (a causal unit decoder: through its cached step)."""
+    model = model_for(backend, unit_causal=unit_causal)
     audio = speech(1.7)
     written = SimultaneousTranslator(session(backend, model), Policy("offline"), IDENTITY, RATE,
                                      max_target_len=15).run(audio, RATE * 320 // 1000)
@@ -105,14 +106,16 @@ def test_offline_policy_equals_batch_decoding(backend):
     assert set(written.mt_delays) == {1e3 * len(audio) / RATE}   # everything at the end
 
 
+@pytest.mark.parametrize("unit_causal", [False, True], ids=["units-see-all", "units-causal"])
 @pytest.mark.parametrize("policy, writes_early", [(Policy("ctc", k=0), True), (Policy("ctc", k=2), False),
                                                   (Policy("wait-k", k=2), True)],
                          ids=["ctc", "ctc-k2", "wait-2"])
-def test_both_backends_write_the_same_things_at_the_same_times(policy, writes_early):
+def test_both_backends_write_the_same_things_at_the_same_times(policy, writes_early, unit_causal):
     audio = speech(2.5, seed=4)
     runs = {}
     for backend in ("mlx", "torch"):
-        translator = SimultaneousTranslator(session(backend, model_for(backend)), Policy(policy.name, policy.k),
+        translator = SimultaneousTranslator(session(backend, model_for(backend, unit_causal=unit_causal)),
+                                            Policy(policy.name, policy.k),
                                             IDENTITY, RATE, max_target_len=20)
         runs[backend] = translator.run(audio, RATE * 160 // 1000)
     m, t = runs["mlx"], runs["torch"]
@@ -121,6 +124,49 @@ def test_both_backends_write_the_same_things_at_the_same_times(policy, writes_ea
     # simultaneous: something is written before the audio has ended (with k=2 this random
     # model's ST CTC never gets 2 tokens ahead, so everything waits for the end)
     assert len(m.mt_tokens) >= 2 and (min(m.mt_delays) < m.source_ms) == writes_early
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_causal_unit_decoder_steps_equal_its_forward_and_ignore_later_states(backend):
+    """model.unit_causal: the positions of the first states do not change when more states
+    follow (checked on the training forward itself), and the cached step, fed 2, 1 and 3
+    states, gives the forward's logits."""
+    s = spec(unit_causal=True)
+    model = build(backend, s)
+    states = np.random.default_rng(2).standard_normal((1, 6, s.mt_embed_dim)).astype(np.float32)
+    arr = mx.array if backend == "mlx" else torch.from_numpy
+    lengths = (lambda n: mx.array([n], mx.int32)) if backend == "mlx" else (lambda n: torch.tensor([n]))
+    decoder, up = model.unit_decoder, s.unit_upsample
+    with torch.no_grad():
+        full = to_numpy(decoder(arr(states), lengths(6))[0])
+        first_three = to_numpy(decoder(arr(states[:, :3]), lengths(3))[0])
+        cache, pieces = decoder.new_cache(), []
+        for start, stop in [(0, 2), (2, 3), (3, 6)]:
+            pieces.append(to_numpy(decoder.step(arr(states[:, start:stop]), cache)))
+    np.testing.assert_allclose(first_three, full[:, :3 * up], atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=2e-5, rtol=1e-5)
+    # and the non-causal decoder does look ahead (the mask is what makes the difference)
+    with torch.no_grad():
+        open_decoder = build(backend, spec()).unit_decoder
+        seen_all = to_numpy(open_decoder(arr(states), lengths(6))[0])[:, :3 * up]
+        seen_three = to_numpy(open_decoder(arr(states[:, :3]), lengths(3))[0])
+    assert np.abs(seen_all - seen_three).max() > 1e-3
+
+
+def test_causal_unit_decoder_losses_match_across_backends():
+    from mlx_models import echostream as mes
+    from tests.parity.test_echostream_parity import make_batch, to_mx, to_torch
+    from torch_models import echostream as tes
+
+    s = tiny_spec(unit_causal=True)
+    data = make_batch(s, seed=3)
+    mlx_terms = mes.loss_terms(build("mlx", s, seed=1), to_mx(data))
+    with torch.no_grad():
+        torch_terms = tes.loss_terms(build("torch", s, seed=1), to_torch(data))
+        open_terms = tes.loss_terms(build("torch", tiny_spec(), seed=1), to_torch(data))
+    assert mlx_terms["unit_ctc"].item() == pytest.approx(torch_terms["unit_ctc"].item(), rel=1e-5)
+    assert mlx_terms["loss"].item() == pytest.approx(torch_terms["loss"].item(), rel=1e-5)
+    assert torch_terms["unit_ctc"].item() != pytest.approx(open_terms["unit_ctc"].item(), rel=1e-4)
 
 
 class ScriptedSession:

@@ -128,7 +128,7 @@ def test_simuleval_with_our_agent_scores_what_our_evaluation_scores(checkpoint, 
     theirs = dict(zip(header.split(), map(float, values.split())))
 
     loaded = load_checkpoint("torch", load, str(checkpoint))
-    [ours] = evaluate_simultaneous(loaded["new_session"], loaded["src"], loaded["tgt"], loaded["cmvn"],
+    [ours] = evaluate_simultaneous(loaded["new_session"], loaded["spec"], loaded["src"], loaded["tgt"], loaded["cmvn"],
                                    loaded["sample_rate"], utterances, load_audio, [320], policy="ctc",
                                    max_target_len=30, progress=False)
     assert ours["bleu"] == pytest.approx(theirs["BLEU"], abs=1e-3)

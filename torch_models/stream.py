@@ -17,13 +17,16 @@ class StreamSession:
     encoder frames. Both CTC heads run on the new frames only: ASR CTC is per frame, ST
     CTC is causal, with its keys and values cached."""
 
-    def __init__(self, model, device):
+    def __init__(self, model, device, segment_length: int | None = None):
+        """segment_length: the encoder's segment (None: the model's; 0: the whole
+        utterance), for a model trained on several (model.train_segment_lengths)."""
         self.model, self.device = model, device
-        self.state = model.init_stream()
+        self.state = model.init_stream(segment_length)
         self.frames, self.asr, self.st, self.st_cache = [], [], [], []
         # MT decoder: keys/values of the accepted tokens and of the frames seen so far
         self.mt_cache, self.frames_in_cache = model.mt_decoder.new_cache(), 0
         self.last_token, self.pending, self.mt_states = BOS, None, []
+        self.unit_cache = model.unit_decoder.new_cache()
 
     @torch.no_grad()
     def push(self, features: np.ndarray) -> int:
@@ -86,19 +89,26 @@ class StreamSession:
 
     @torch.no_grad()
     def unit_argmax(self, start: int, end: int) -> np.ndarray:
-        """Unit ids at the positions of MT states start..end-1; the (non-causal) unit
-        decoder runs over states 0..end-1, so earlier positions are recomputed."""
-        lengths = torch.tensor([end], dtype=torch.int32, device=self.device)
-        logits, _ = self.model.unit_decoder(torch.cat(self.mt_states[:end], dim=1), lengths)
+        """Unit ids at the positions of MT states start..end-1 (start: the first state
+        not asked for before). A block-causal unit decoder (model.unit_causal) runs on the
+        new states only, with cached keys and values; otherwise it sees every state, so
+        it runs over states 0..end-1 and earlier positions are recomputed."""
         up = self.model.spec.unit_upsample
-        return torch.argmax(logits[0, start * up:end * up], dim=-1).cpu().numpy()
+        if self.model.spec.unit_causal:
+            logits = self.model.unit_decoder.step(torch.cat(self.mt_states[start:end], dim=1),
+                                                  self.unit_cache)[0]
+        else:
+            lengths = torch.tensor([end], dtype=torch.int32, device=self.device)
+            logits = self.model.unit_decoder(torch.cat(self.mt_states[:end], dim=1),
+                                             lengths)[0][0, start * up:end * up]
+        return torch.argmax(logits, dim=-1).cpu().numpy()
 
 
 def load(checkpoint):
     model, config = load_model(checkpoint, expect="streaming", what="EchoStream")
     device = default_device()
     model = model.to(device).eval()
-    return (lambda: StreamSession(model, device)), config
+    return (lambda segment_length=None: StreamSession(model, device, segment_length)), config
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from shared.data.s2ut import cmvn_from_file
 from shared.engine.checkpoint import resolve_checkpoint
 from shared.errors import CheckpointError, DataError
 from shared.eval.text import ctc_collapse
-from shared.simultaneous import POLICIES, Policy, SimultaneousTranslator
+from shared.registry import spec_from_dict
+from shared.simultaneous import POLICIES, Policy, SimultaneousTranslator, segment_for_chunk
 
 CHECKPOINT_FILES = ("src_tokenizer.model", "tgt_tokenizer.model", "cmvn.npz")
 
@@ -59,6 +60,7 @@ def load_checkpoint(backend: str, load, checkpoint: str) -> dict:
     new_session, config = load(ckpt)
     spec = config["model"]
     return {"new_session": new_session, "config": config,
+            "spec": spec_from_dict(config["family"], spec),
             "src": load_tokenizer(ckpt / "src_tokenizer.model", spec["src_vocab_size"]),
             "tgt": load_tokenizer(ckpt / "tgt_tokenizer.model", spec["tgt_vocab_size"]),
             "cmvn": cmvn_from_file(ckpt / "cmvn.npz"),
@@ -109,7 +111,7 @@ def main(backend: str, load, argv=None) -> int:
         src, tgt, sample_rate = loaded["src"], loaded["tgt"], loaded["sample_rate"]
         audio = read_speech(Path(args.input), sample_rate)
         seconds = len(audio) / sample_rate
-        session = loaded["new_session"]()
+        session = loaded["new_session"](segment_for_chunk(loaded["spec"], args.chunk_ms, args.policy))
         translator = SimultaneousTranslator(session, Policy(args.policy, args.k), loaded["cmvn"],
                                             sample_rate, args.max_target_len)
         shown_text = [""]

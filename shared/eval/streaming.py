@@ -19,7 +19,7 @@ import numpy as np
 from shared.errors import DataError
 from shared.eval.latency import LATENCY_METRICS, TimedOutput, latency_scores
 from shared.eval.text import corpus_bleu, ctc_collapse, unit_error_rate, word_error_rate
-from shared.simultaneous import Policy, SimultaneousTranslator, word_delays
+from shared.simultaneous import Policy, SimultaneousTranslator, segment_for_chunk, word_delays
 
 WHOLE = 0   # chunk_ms 0: the whole utterance is one chunk (the offline reference point)
 
@@ -28,11 +28,12 @@ def chunk_label(chunk_ms: int) -> str:
     return "whole" if chunk_ms == WHOLE else f"{chunk_ms} ms"
 
 
-def evaluate_simultaneous(new_session, src, tgt, cmvn, sample_rate: int, utterances, read_audio,
+def evaluate_simultaneous(new_session, spec, src, tgt, cmvn, sample_rate: int, utterances, read_audio,
                           chunk_sizes_ms: list[int], policy: str = "ctc", k: int = 0,
                           max_target_len: int = 200, progress: bool = True) -> list[dict]:
-    """One row per chunk size: quality, latency and compute. `read_audio(utterance)` gives
-    (samples,) float32 at `sample_rate`; `utterances` carry src_text, tgt_text and units."""
+    """One row per chunk size: quality, latency and compute. `new_session(segment_length)`
+    makes a backend session; `read_audio(utterance)` gives (samples,) float32 at
+    `sample_rate`; `utterances` carry src_text, tgt_text and units."""
     from tqdm import tqdm
 
     audio = {}
@@ -45,10 +46,11 @@ def evaluate_simultaneous(new_session, src, tgt, cmvn, sample_rate: int, utteran
     bar = tqdm(total=len(chunk_sizes_ms) * len(utterances), disable=not progress, unit="utt",
                desc="simultaneous translation", file=sys.stderr)
     for chunk_ms in chunk_sizes_ms:
+        segment = segment_for_chunk(spec, chunk_ms, policy, warn=bar.write)
         mt, asr, units, text_out, unit_out, chunk_ms_all = [], [], [], [], [], []
         started = time.perf_counter()
         for utt in utterances:
-            session = new_session()
+            session = new_session(segment)
             samples = audio[utt.id]
             chunk = len(samples) if chunk_ms == WHOLE else sample_rate * chunk_ms // 1000
             written = SimultaneousTranslator(session, Policy(policy, k), cmvn, sample_rate,
@@ -117,14 +119,15 @@ def write_curve(rows: list[dict], out: Path, backend: str = "") -> list[Path]:
         print("no curve.png: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
         return written
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, key, name in ((axes[0], "text_latency_ms", "text AL (ms)"),
-                          (axes[1], "unit_latency_ms", "unit AL (ms)")):
-        x = [r[key]["AL"] for r in rows]
-        ax.plot(x, [r["bleu"] for r in rows], "o-")
-        for r, xi in zip(rows, x):
-            ax.annotate(r["chunk"], (xi, r["bleu"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for ax, key, name, quality, quality_name in (
+            (axes[0], "text_latency_ms", "MT text AL (ms)", "bleu", "BLEU"),
+            (axes[1], "unit_latency_ms", "unit AL (ms)", "unit_error_rate", "unit error rate")):
+        x, y = [r[key]["AL"] for r in rows], [r[quality] for r in rows]
+        ax.plot(x, y, "o-")
+        for r, xi, yi in zip(rows, x, y):
+            ax.annotate(r["chunk"], (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xlabel(name)
-        ax.set_ylabel("BLEU")
+        ax.set_ylabel(quality_name)
         ax.grid(alpha=0.3)
     fig.suptitle(f"EchoStream quality vs latency{f' ({backend})' if backend else ''}, "
                  f"policy {rows[0]['policy']}" if rows else "")

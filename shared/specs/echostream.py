@@ -77,6 +77,12 @@ class EchoStreamSpec:
     subsample_channels: int = 1536      # first conv's output channels (GLU halves them)
     subsample_kernel: int = 5
     segment_length: int = 16            # encoder frames per segment (640 ms)
+    # Multi-chunk training (StreamSpeech): each training batch draws its segment length
+    # from this set (0: the whole utterance is one segment), and the MT decoder's
+    # cross-attention sees only what the CTC policy would have read (mt_memory_limits),
+    # so one model serves every chunk size in the set, chosen at inference (--chunk-ms).
+    # Empty: every batch uses segment_length.
+    train_segment_lengths: tuple[int, ...] = ()
     left_context: int = 32              # encoder frames of left context (1.28 s)
     right_context: int = 4              # encoder frames of look-ahead (160 ms)
     max_memory_size: int = 4            # memory bank size; 0: no memory
@@ -91,6 +97,11 @@ class EchoStreamSpec:
     unit_heads: int = 2
     unit_ffn_dim: int = 768
     unit_upsample: int = 10             # unit frames per MT decoder state
+    # False: the unit decoder sees every MT state of the sentence (offline quality).
+    # True: a state's units see only the states written so far (block-causal: the
+    # unit_upsample copies of one state see each other), so simultaneous translation
+    # writes them once, with cached keys and values (shared/simultaneous.py).
+    unit_causal: bool = False
     dropout: float = 0.1
     layer_norm_eps: float = 1e-5
     # Loss: weighted sum of the four terms.
@@ -138,6 +149,15 @@ class EchoStreamSpec:
                 raise SpecError(f"model.{name} must be a finite number >= 0, got {value!r}")
         if not any(getattr(self, name) > 0 for name in weights):
             raise SpecError("at least one of model." + ", model.".join(weights) + " must be > 0")
+        if not isinstance(self.train_segment_lengths, (list, tuple)):
+            raise SpecError(f"model.train_segment_lengths must be a list of encoder frames per "
+                            f"segment (0: whole utterance), got {self.train_segment_lengths!r}")
+        for value in self.train_segment_lengths:
+            check_int("train_segment_lengths", value, minimum=0)
+        # a tuple: the spec is hashable (emformer_layout caches on it)
+        object.__setattr__(self, "train_segment_lengths", tuple(int(v) for v in self.train_segment_lengths))
+        if not isinstance(self.unit_causal, bool):
+            raise SpecError(f"model.unit_causal must be true or false, got {self.unit_causal!r}")
 
     @property
     def unit_vocab_size(self) -> int:
@@ -169,6 +189,76 @@ def encoder_length(n_frames: int, spec: EchoStreamSpec) -> int:
 
 def num_segments(n_encoder_frames: int, spec: EchoStreamSpec) -> int:
     return -(-n_encoder_frames // spec.segment_length)
+
+
+ENCODER_FRAME_MS = 40   # 10 ms fbank hop, subsampled 4x
+
+
+def chunk_segment_length(spec: EchoStreamSpec, chunk_ms: int) -> int:
+    """Encoder frames per segment for a READ chunk of chunk_ms (0: the whole utterance).
+    A model trained on several segment lengths (train_segment_lengths) streams in
+    segments of the chunk; any other keeps its segment_length, and the chunk only sets
+    how often the policy decides."""
+    if not spec.train_segment_lengths:
+        return spec.segment_length
+    return 0 if chunk_ms == 0 else max(chunk_ms // ENCODER_FRAME_MS, 1)
+
+
+def ctc_best_path_first_frames(log_probs: np.ndarray, target: np.ndarray, blank: int = BLANK) -> np.ndarray:
+    """(T, V) log-probabilities and a (S,) target -> (S,) the frame at which each target
+    label is first emitted on the most likely CTC path that spells the target (Viterbi
+    forced alignment). Needs T >= S + repeats; otherwise every label gets frame T - 1."""
+    T, S = log_probs.shape[0], len(target)
+    if S == 0:
+        return np.zeros(0, np.int64)
+    ext = np.full(2 * S + 1, blank, np.int64)
+    ext[1::2] = target
+    L = len(ext)
+    can_skip = np.zeros(L, bool)
+    can_skip[3::2] = ext[3::2] != ext[1:-2:2]          # a label may follow the previous one directly
+    emit = log_probs[:, ext]                            # (T, L)
+    score = np.full(L, -np.inf)
+    score[:2] = emit[0, :2]
+    came_from = np.zeros((T, L), np.int64)              # 0: stay, 1: from s - 1, 2: from s - 2
+    for t in range(1, T):
+        stay, move = score, np.concatenate([[-np.inf], score[:-1]])
+        jump = np.where(can_skip, np.concatenate([[-np.inf, -np.inf], score[:-2]]), -np.inf)
+        options = np.stack([stay, move, jump])
+        came_from[t] = options.argmax(axis=0)
+        score = options.max(axis=0) + emit[t]
+    if not np.isfinite(max(score[L - 1], score[L - 2])):
+        return np.full(S, T - 1, np.int64)
+    state = L - 1 if score[L - 1] >= score[L - 2] else L - 2
+    first = np.full(S, T - 1, np.int64)
+    for t in range(T - 1, -1, -1):
+        if state % 2 == 1:
+            first[state // 2] = t
+        state -= came_from[t, state]
+    return first
+
+
+def mt_memory_limits(st_log_probs: np.ndarray, tgt_tokens: np.ndarray, tgt_lengths: np.ndarray,
+                     encoder_lengths: np.ndarray, segment_length: int, n_queries: int) -> np.ndarray:
+    """(B, n_queries) encoder frames each MT decoder query may attend to in multi-chunk
+    training: query j predicts target token j, which the CTC policy writes once the ST CTC
+    has emitted it, i.e. after the segment holding that token's first frame on the ST
+    CTC's best path; so it sees the frames up to the end of that segment. EOS and padding
+    queries see every frame (the policy writes EOS after the source has ended)."""
+    B = len(tgt_lengths)
+    limits = np.repeat(np.asarray(encoder_lengths, np.int64)[:, None], n_queries, axis=1)
+    for b in range(B):
+        n, frames = int(tgt_lengths[b]), int(encoder_lengths[b])
+        if n == 0 or frames == 0:
+            continue
+        first = ctc_best_path_first_frames(st_log_probs[b, :frames], tgt_tokens[b, :n])
+        ends = (first // segment_length + 1) * segment_length
+        limits[b, :n] = np.minimum(ends, frames)
+    return limits
+
+
+def limits_to_mask(limits: np.ndarray, n_keys: int) -> np.ndarray:
+    """(B, Q) frame limits -> additive (B, 1, Q, n_keys) mask hiding keys at or past them."""
+    return np.where(np.arange(n_keys)[None, None, :] < limits[:, :, None], 0.0, NEG).astype(np.float32)[:, None]
 
 
 # ------------------------------------------------------------------ Emformer masks
@@ -233,6 +323,15 @@ def causal_mask(n: int, past: int = 0) -> np.ndarray:
     query i sees keys 0..past + i. Built explicitly (not the backends' own causal flags,
     which align differently when query and key lengths differ)."""
     return np.triu(np.full((n, past + n), NEG, np.float32), k=past + 1)
+
+
+def unit_causal_mask(n_states: int, past_states: int, upsample: int) -> np.ndarray:
+    """Additive (n * upsample, (past + n) * upsample) mask of a block-causal unit decoder
+    (model.unit_causal) for the unit positions of n states that follow `past` states: a
+    position of state i sees the positions of states 0 .. past + i."""
+    query_state = past_states + np.arange(n_states * upsample) // upsample
+    key_state = np.arange((past_states + n_states) * upsample) // upsample
+    return np.where(key_state[None, :] <= query_state[:, None], 0.0, NEG).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=64)

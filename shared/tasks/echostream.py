@@ -34,9 +34,17 @@ class EchoStreamTask:
         longest = max(len(self.corpus.dev.tgt_ids[i]) for idx, _ in self.dev_batches for i in idx)
         self.max_target_len = 2 * longest + 10
         self.units_per_sample = float(self.corpus.train.seconds.mean())
+        self.segment_lengths, self.seed = m.train_segment_lengths, config.train.seed
 
     def train_batch(self, position: int, batch_size: int) -> dict[str, np.ndarray]:
-        return self.batcher.batch(position, batch_size)
+        batch = self.batcher.batch(position, batch_size)
+        if self.segment_lengths:
+            # Multi-chunk training: this batch's encoder segment length, drawn from
+            # (seed, position), so resuming and every rank draw the same one.
+            rng = np.random.default_rng([self.seed, position, 2])
+            chosen = self.segment_lengths[int(rng.integers(len(self.segment_lengths)))]
+            batch["segment_length"] = np.full(len(batch["features"]), chosen, np.int32)
+        return batch
 
     def evaluate(self, trainer) -> dict:
         from shared.data.s2ut import mt_token_ids, unit_sequence
