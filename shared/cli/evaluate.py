@@ -108,9 +108,12 @@ def main(backend: str, build: Callable, runners: dict[str, Callable], argv=None)
             raise DataError("give --data DIR (a separator: museval scores on a MUSDB18-HQ "
                             "split) or --text FILE... (an LM: perplexity), one of the two")
         if args.data is not None:
+            from shared.eval.bss_eval import require_museval
+
             check_chunk_options(args)
             if args.tracks is not None and args.tracks < 1:
                 raise DataError(f"--tracks must be >= 1, got {args.tracks}")
+            require_museval()       # before any work: it names what to install
         else:
             check_text_options(args)
         source = open_source(args.checkpoint)
@@ -132,13 +135,12 @@ def evaluate_separation(args, backend: str, source: Source, make_runner: Callabl
 
     from shared.audio.chunked import separate
     from shared.data.musdb import STEMS, MusdbDataset
-    from shared.eval.bss_eval import dumps, require_museval, score_track, summarize, table, write_track_json
+    from shared.eval.bss_eval import dumps, score_track, summarize, table, write_track_json
 
     out = separation_out_dir(args, source)
     subset = "test" if args.split == "test" else "train"     # museval's folder: OUT/<subset>/<track>.json
     check_no_results(out, [out / name for name in SUMMARY_FILES] + sorted((out / subset).glob("*.json")),
                      args.force)
-    require_museval()                                       # before any work
     rate, chunk = chunk_samples(args, source.config)
     dataset = MusdbDataset(args.data, args.split, rate, int(source.config["model"]["audio_channels"]))
     count = min(args.tracks or len(dataset), len(dataset))
