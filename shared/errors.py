@@ -16,3 +16,8 @@ class DataError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or does not match the model."""
+
+
+class DependencyError(ValueError):
+    """An optional dependency that a command needs is not installed; the message names
+    what to install (the pip extra, a system package)."""

@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 import pytest
 
-from shared.eval.separation import chunk_sdrs, csdr, csdr_over_tracks, sdr, si_sdr, usdr_over_tracks
+from shared.eval.separation import chunk_sdr, chunk_sdr_over_tracks, chunk_sdrs, sdr, si_sdr, usdr_over_tracks
 
 FILTER_TAPS = 512  # BSS Eval's distortion filter length (mir_eval and museval default)
 
@@ -126,14 +126,14 @@ def test_chunk_sdr_skips_silent_reference_chunks():
     scores = chunk_sdrs(s, estimate, sr)
     assert scores.shape == (5,) and np.isnan(scores[1])
     np.testing.assert_allclose(scores[[0, 2, 3, 4]], list(targets.values()), atol=1e-6)
-    assert csdr(s, estimate, sr) == pytest.approx(15.0, abs=1e-6)   # median of 5, 10, 20, 30
-    assert np.isnan(csdr(np.zeros(3000), np.ones(3000), sr))        # every chunk silent
-    assert np.isnan(csdr(s[:, :500], estimate[:, :500], sr))        # shorter than a chunk
+    assert chunk_sdr(s, estimate, sr) == pytest.approx(15.0, abs=1e-6)   # median of 5, 10, 20, 30
+    assert np.isnan(chunk_sdr(np.zeros(3000), np.ones(3000), sr))        # every chunk silent
+    assert np.isnan(chunk_sdr(s[:, :500], estimate[:, :500], sr))        # shorter than a chunk
 
 
 def test_aggregates_over_tracks():
-    assert csdr_over_tracks([1.0, 9.0, np.nan, 4.0]) == 4.0
-    assert np.isnan(csdr_over_tracks([np.nan, np.nan]))
+    assert chunk_sdr_over_tracks([1.0, 9.0, np.nan, 4.0]) == 4.0
+    assert np.isnan(chunk_sdr_over_tracks([np.nan, np.nan]))
     assert usdr_over_tracks([1.0, 2.0, 6.0]) == 3.0
 
 

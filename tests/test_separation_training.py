@@ -36,7 +36,7 @@ def test_trains_evaluates_and_resumes_exactly(tmp_path, backend):
     evals = [r for r in whole if "usdr_vocals" in r]
     assert [r["step"] for r in evals] == [0, 3, 6]
     for stem in ("vocals", "drums", "bass", "other"):
-        assert np.isfinite(evals[-1][f"usdr_{stem}"]) and np.isfinite(evals[-1][f"csdr_{stem}"])
+        assert np.isfinite(evals[-1][f"usdr_{stem}"]) and np.isfinite(evals[-1][f"chunk_sdr_{stem}"])
     assert "audio_s_per_s" in whole[1]
     assert (tmp_path / "whole" / "data" / "synth_musdb" / "valid_tracks.txt").is_file()
 

@@ -35,15 +35,41 @@ def read_input(path: Path, sample_rate: int, channels: int) -> np.ndarray:
     return audio
 
 
+def add_chunk_options(p: argparse.ArgumentParser) -> None:
+    """How a song is cut into chunks (shared/audio/chunked.py): separate and evaluate."""
+    p.add_argument("--chunk-seconds", type=float, help="default: the training segment length")
+    p.add_argument("--overlap", type=float, default=0.25, help="chunk overlap, 0..0.9 (default 0.25)")
+    p.add_argument("--batch-chunks", type=int, default=4, help="chunks per forward pass")
+
+
+def check_chunk_options(args) -> None:
+    if args.chunk_seconds is not None and not args.chunk_seconds > 0:
+        raise DataError(f"--chunk-seconds must be > 0, got {args.chunk_seconds}")
+    if not 0 <= args.overlap <= 0.9:
+        raise DataError(f"--overlap must be within 0..0.9, got {args.overlap}")
+    if args.batch_chunks < 1:
+        raise DataError(f"--batch-chunks must be >= 1, got {args.batch_chunks}")
+
+
+def chunk_samples(args, config: dict) -> tuple[int, int]:
+    """(the model's sample rate, samples per chunk) for a checkpoint's config: --chunk-seconds,
+    else the training segment length."""
+    data, model = config.get("data", {}), config["model"]
+    rate = int(data.get("sample_rate", 44100))
+    chunk = int(round((args.chunk_seconds or data.get("segment_seconds", 3.0)) * rate))
+    if chunk <= model.get("n_fft", 0):
+        raise DataError(f"--chunk-seconds {args.chunk_seconds} is {chunk} samples, not more "
+                        f"than the model's n_fft ({model['n_fft']}); use longer chunks")
+    return rate, chunk
+
+
 def main(backend: str, load, argv=None) -> int:
     p = argparse.ArgumentParser(prog=f"python -m {backend}_models.separate",
                                 description=f"Separate a song into {', '.join(STEMS)} with {backend}.")
     p.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
     p.add_argument("input", help="audio file (WAV, FLAC, ...)")
     p.add_argument("--out", required=True, help="directory for <stem>.wav")
-    p.add_argument("--chunk-seconds", type=float, help="default: the training segment length")
-    p.add_argument("--overlap", type=float, default=0.25, help="chunk overlap, 0..0.9 (default 0.25)")
-    p.add_argument("--batch-chunks", type=int, default=4, help="chunks per forward pass")
+    add_chunk_options(p)
     p.add_argument("--force", action="store_true",
                    help="replace <stem>.wav files already in --out")
     args = p.parse_args(argv)
@@ -51,12 +77,7 @@ def main(backend: str, load, argv=None) -> int:
     def run():
         from tqdm import tqdm
 
-        if args.chunk_seconds is not None and not args.chunk_seconds > 0:
-            raise DataError(f"--chunk-seconds must be > 0, got {args.chunk_seconds}")
-        if not 0 <= args.overlap <= 0.9:
-            raise DataError(f"--overlap must be within 0..0.9, got {args.overlap}")
-        if args.batch_chunks < 1:
-            raise DataError(f"--batch-chunks must be >= 1, got {args.batch_chunks}")
+        check_chunk_options(args)
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise DataError(f"--out {out} is a file; --out names a directory for the stems")
@@ -66,13 +87,8 @@ def main(backend: str, load, argv=None) -> int:
                             f"replace them, or choose another --out")
         ckpt = resolve_checkpoint(args.checkpoint, report=sys.stderr)
         run_chunks, config = load(ckpt)
-        data, model = config.get("data", {}), config["model"]
-        rate = int(data.get("sample_rate", 44100))
-        chunk = int(round((args.chunk_seconds or data.get("segment_seconds", 3.0)) * rate))
-        if chunk <= model.get("n_fft", 0):
-            raise DataError(f"--chunk-seconds {args.chunk_seconds} is {chunk} samples, not more "
-                            f"than the model's n_fft ({model['n_fft']}); use longer chunks")
-        mixture = read_input(Path(args.input), rate, int(model["audio_channels"]))
+        rate, chunk = chunk_samples(args, config)
+        mixture = read_input(Path(args.input), rate, int(config["model"]["audio_channels"]))
         out.mkdir(parents=True, exist_ok=True)  # before the work: a bad --out fails now
         layout = chunk_layout(mixture.shape[1], chunk, args.overlap)
         start = time.perf_counter()

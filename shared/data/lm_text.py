@@ -156,11 +156,17 @@ def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 1 << 16 else np.uint32
 
 
+def token_stream(paragraphs: list[str], sp) -> np.ndarray:
+    """Paragraphs as one stream of token ids, BOS ... EOS per paragraph: what training
+    reads, and what evaluation scores (shared/cli/evaluate.py)."""
+    ids = sp.encode(paragraphs)
+    return np.fromiter((t for doc in ids for t in (sp.bos_id(), *doc, sp.eos_id())),
+                       dtype=token_dtype(sp.get_piece_size()))
+
+
 def tokenize_corpus(paragraphs: list[str], sp, path: Path) -> np.ndarray:
     """Encode paragraphs as one stream (BOS ... EOS per paragraph) into a flat file."""
-    dtype = token_dtype(sp.get_piece_size())
-    ids = sp.encode(paragraphs)
-    stream = np.fromiter((t for doc in ids for t in (sp.bos_id(), *doc, sp.eos_id())), dtype=dtype)
+    stream = token_stream(paragraphs, sp)
     path.parent.mkdir(parents=True, exist_ok=True)
     stream.tofile(path)
     return stream

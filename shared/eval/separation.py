@@ -1,8 +1,8 @@
 """Source-separation metrics in numpy (float64 inside): SDR, chunk SDR, SI-SDR.
 
-    sdr(s, ŝ)      = 10 log10((|s|² + eps) / (|s - ŝ|² + eps))    whole signal
-    csdr(s, ŝ, sr) = nanmedian over 1 s chunks of sdr, silent reference chunks skipped
-    si_sdr(s, ŝ)   = 10 log10(|a s|² / |a s - ŝ|²),  a = <ŝ, s> / |s|²
+    sdr(s, ŝ)           = 10 log10((|s|² + eps) / (|s - ŝ|² + eps))    whole signal
+    chunk_sdr(s, ŝ, sr) = nanmedian over 1 s chunks of sdr, silent reference chunks skipped
+    si_sdr(s, ŝ)        = 10 log10(|a s|² / |a s - ŝ|²),  a = <ŝ, s> / |s|²
 
 `sdr` is the "new SDR" of the Music Demixing Challenge (Mitsufuji et al. 2022), also the
 one Music-Source-Separation-Training reports: one number per stem and track, summing over
@@ -10,11 +10,13 @@ channels and time, with eps = 1e-7 added to both energies (their `delta`) so tha
 silent reference with a silent estimate scores 0 dB instead of nan. Averaged over tracks
 it is **uSDR** (`usdr_over_tracks`).
 
-`csdr` is the chunk-level SDR of the SiSEC/museval tradition computed with the plain SDR
-above rather than BSS Eval v4's distortion filters: non-overlapping chunks (1 s), a
-trailing partial chunk dropped (as museval's framing does), chunks whose reference is
-digital silence (all zeros, museval's test) are nan, and the track's score is the
-nanmedian of its chunks. Over tracks the median is taken (`csdr_over_tracks`).
+`chunk_sdr` frames the signal as the SiSEC/museval cSDR does, but scores each frame with the
+plain SDR above rather than BSS Eval v4's 512-tap distortion filters, so it is cheap enough
+for validation during training and is NOT the cSDR papers report (that one is museval's:
+`python -m {mlx,torch}_models.evaluate`, shared/eval/bss_eval.py). Non-overlapping chunks
+(1 s), a trailing partial chunk dropped (as museval's framing does), chunks whose reference
+is digital silence (all zeros, museval's test) are nan, and the track's score is the
+nanmedian of its chunks. Over tracks the median is taken (`chunk_sdr_over_tracks`).
 
 Arrays are (channels, time) or (time,); reference and estimate must have the same shape.
 Multichannel signals are scored as one signal (energies summed over channels), as the
@@ -60,7 +62,7 @@ def chunk_sdrs(reference, estimate, sample_rate: int, chunk_seconds: float = 1.0
     return scores
 
 
-def csdr(reference, estimate, sample_rate: int, chunk_seconds: float = 1.0,
+def chunk_sdr(reference, estimate, sample_rate: int, chunk_seconds: float = 1.0,
          eps: float = SDR_EPS) -> float:
     """Chunk SDR of one track and stem: nanmedian of `chunk_sdrs` (nan if every chunk is
     silent or the signal is shorter than one chunk)."""
@@ -83,8 +85,8 @@ def usdr_over_tracks(per_track) -> float:
     return _nan_reduce(np.nanmean, np.asarray(per_track, dtype=np.float64))
 
 
-def csdr_over_tracks(per_track) -> float:
-    """cSDR of a test set: the median of the per-track `csdr` values (nan tracks skipped)."""
+def chunk_sdr_over_tracks(per_track) -> float:
+    """Chunk SDR of a test set: the median of the per-track `chunk_sdr` values (nan tracks skipped)."""
     return _nan_reduce(np.nanmedian, np.asarray(per_track, dtype=np.float64))
 
 

@@ -11,8 +11,11 @@ from shared.errors import DataError
 
 class SeparationTask:
     """Music source separation on a MUSDB18-HQ-layout root (a generated demo set when
-    data.root is empty). Evaluation: loss on fixed validation segments, then uSDR and
-    cSDR per stem on whole validation tracks, separated chunk by chunk."""
+    data.root is empty). Evaluation: loss on fixed validation segments, then uSDR and the
+    chunk SDR (`chunk_sdr_<stem>`: museval's framing, plain SDR per frame; not BSS Eval's
+    cSDR, see shared/eval/separation.py) per stem on whole validation tracks, separated
+    chunk by chunk. Runs logged before the rename carry the same numbers as `csdr_<stem>`;
+    nothing reads these keys back (the best checkpoint is chosen by val_loss)."""
     file_settings: dict[str, str] = {}
 
     def __init__(self, config, out_dir: Path, rank: int = 0, world_size: int = 1):
@@ -44,20 +47,21 @@ class SeparationTask:
 
     def evaluate(self, trainer) -> dict:
         from shared.data.musdb import STEMS
-        from shared.eval.separation import csdr, csdr_over_tracks, sdr, usdr_over_tracks
+        from shared.eval.separation import chunk_sdr, chunk_sdr_over_tracks, sdr, usdr_over_tracks
         from shared.audio.chunked import separate
 
         row = {"val_loss": float(np.mean([trainer.eval_loss(b) for b in self.val_batches]))}
-        per_stem = {stem: {"usdr": [], "csdr": []} for stem in STEMS}
+        per_stem = {stem: {"usdr": [], "chunk_sdr": []} for stem in STEMS}
         for i in range(self.val_tracks):
             track = self.valid.load(i)
             estimate = separate(track["mixture"], trainer.predict, self.segment)
             for s, stem in enumerate(STEMS):
                 per_stem[stem]["usdr"].append(sdr(track["sources"][s], estimate[s]))
-                per_stem[stem]["csdr"].append(csdr(track["sources"][s], estimate[s], self.sample_rate))
+                per_stem[stem]["chunk_sdr"].append(
+                    chunk_sdr(track["sources"][s], estimate[s], self.sample_rate))
         for stem, scores in per_stem.items():
             row[f"usdr_{stem}"] = usdr_over_tracks(scores["usdr"])
-            row[f"csdr_{stem}"] = csdr_over_tracks(scores["csdr"])
+            row[f"chunk_sdr_{stem}"] = chunk_sdr_over_tracks(scores["chunk_sdr"])
         row["usdr_mean"] = float(np.mean([row[f"usdr_{s}"] for s in STEMS]))
         return row
 
