@@ -194,8 +194,8 @@ class TrackioSink:
         media = {}
         for item in items:
             if isinstance(item, AudioClip):
-                media[item.tag] = self.trackio.Audio(item.samples, caption=item.tag,
-                                                     sample_rate=item.sample_rate)
+                pcm = np.round(np.clip(item.samples, -1, 1) * 32767).astype(np.int16)  # what it stores
+                media[item.tag] = self.trackio.Audio(pcm, caption=item.tag, sample_rate=item.sample_rate)
             elif isinstance(item, TextTable):
                 media[item.tag] = self.trackio.Markdown(item.markdown())
         self.run.log(media, step=step)
