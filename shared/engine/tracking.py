@@ -229,6 +229,7 @@ class Tracker:
             cls(sinks).close()
             raise
         if state != before:
+            run_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{STATE_FILE}.tmp")
             tmp.write_text(json.dumps(state, indent=1) + "\n")
             tmp.replace(path)
