@@ -1,7 +1,6 @@
 """Training data at another sample rate (shared/audio/files.py read_span, used by
 shared/data/musdb.py and shared/data/s2ut.py): files are resampled on reading (soxr), and the
 samples match the analytic signal at the dataset's rate, an independent reference."""
-import math
 
 import numpy as np
 import pytest
@@ -47,7 +46,7 @@ def test_musdb_track_at_another_rate_reads_as_the_sine_at_the_dataset_rate(tmp_p
         sine_track(tmp_path / "train" / name, file_rate)
     data = MusdbDataset(tmp_path, "train_all", sample_rate=rate)
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
-    assert len(notes) == 1 and f"2 of 2 tracks" in notes[0] and f"{file_rate} Hz" in notes[0]
+    assert len(notes) == 1 and "2 of 2 tracks" in notes[0] and f"{file_rate} Hz" in notes[0]
     track = data.tracks[0]
     assert track.frames == resampled_length(int(SECONDS * file_rate), file_rate, rate)
     whole = data.load(0)

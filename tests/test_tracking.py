@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from shared.engine.config import config_from_dict
-from shared.engine.tracking import TextTable, Tracker
+from shared.engine.tracking import TextTable
 from shared.engine.train_loop import Run
 from shared.errors import ConfigError
 from tests.helpers import TRAINERS, metric_rows
