@@ -70,6 +70,10 @@ class Family:
     # tiny ops (EchoStream's CTC loops) costs more to build part by part than the parts
     # save (EchoStream demo, 2 cores: 2.2 steps/s on one stream, 1.6 on two).
     split_by_default: bool = True
+    # What an evaluation shows besides numbers, for the tracking sinks that can (TensorBoard,
+    # W&B, trackio: shared/engine/tracking.py AudioClip / TextTable): (task, trainer) -> media.
+    # Called after each evaluation only when train.report_to has such a sink.
+    eval_media: Callable[[Any, Any], list] | None = None
 
     def backend(self, backend: str) -> "BackendModel":
         """The family's model class and losses on `backend` ("mlx" or "torch")."""

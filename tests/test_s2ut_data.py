@@ -69,14 +69,14 @@ def test_manifest_rows_relative_and_absolute_paths(tmp_path):
 
 def bad_manifest(tmp_path):
     write_wav(tmp_path / "ok.wav", 0.3)
-    write_wav(tmp_path / "8k.wav", 0.3, rate=8000)
+    write_wav(tmp_path / "8k_short.wav", 0.01, rate=8000)  # 160 samples at 16 kHz
     write_wav(tmp_path / "stereo.wav", 0.3, channels=2)
     (tmp_path / "junk.wav").write_bytes(b"not audio at all")
     rows = [("u1", "ok.wav", 28, "ba", "lu", "1 2"),          # row 1: fine
             ("u2", "missing.wav", 28, "ba", "lu", "1"),       # row 2: no file
             ("u3", "ok.wav", 28, "", "lu", "1"),              # row 3: empty source text
             ("u4", "ok.wav", 28, "ba", "lu", ""),             # row 4: no units
-            ("u5", "8k.wav", 28, "ba", "lu", "1"),            # row 5: 8 kHz
+            ("u5", "8k_short.wav", 28, "ba", "lu", "1"),      # row 5: under one frame at 16 kHz
             ("u6", "stereo.wav", 28, "ba", "lu", "1"),        # row 6: stereo
             ("u1", "ok.wav", 28, "ba", "lu", "1"),            # row 7: repeated id
             ("u8", "ok.wav", 28, "ba", "lu", "1 x"),          # row 8: not integers
@@ -97,7 +97,7 @@ def test_bad_rows_are_listed_with_row_numbers(tmp_path):
     msg = str(e.value)
     assert "11 of 13 rows cannot be used" in msg and "data.skip_bad_rows=true" in msg
     for row, words in [(2, "not found"), (3, "empty src_text"), (4, "no target units"),
-                       (5, "8000 Hz"), (6, "2 channels"), (7, "repeats row 1"),
+                       (5, "shorter than one 25 ms fbank frame"), (6, "2 channels"), (7, "repeats row 1"),
                        (8, "unit integers"), (9, "unit 99 outside 0..49"), (10, "cannot read"),
                        (11, "empty tgt_text"), (13, "has 4 tab-separated fields")]:
         if row <= 11:  # the first 10 bad rows are spelled out, the rest counted
@@ -113,14 +113,19 @@ def test_bad_rows_skipped_with_a_count(tmp_path):
     assert len(logs) == 1 and "skipped 11 of 13 rows" in logs[0] and "row 5 (line 6)" in logs[0]
 
 
-def test_sample_rate_error_names_file_row_and_fix(tmp_path):
+def test_audio_at_another_rate_is_resampled_with_one_note(tmp_path):
     write_wav(tmp_path / "fast.wav", 0.3, rate=44100)
-    m = write_manifest(tmp_path / "m.tsv", [("x", "fast.wav", 28, "ba", "lu", "1")])
-    with pytest.raises(DataError) as e:
-        read_manifest(m)
-    msg = str(e.value)
-    assert "row 1 (line 2)" in msg and "fast.wav is 44100 Hz, expected 16000 Hz" in msg
-    assert "sox" in msg and "ffmpeg" in msg
+    write_wav(tmp_path / "fast2.wav", 0.5, rate=44100, seed=1)
+    write_wav(tmp_path / "ok.wav", 0.3)
+    m = write_manifest(tmp_path / "m.tsv", [("x", "fast.wav", 28, "ba", "lu", "1"),
+                                            ("y", "fast2.wav", 48, "ba", "lu", "1"),
+                                            ("z", "ok.wav", 28, "ba", "lu", "1")])
+    logs = []
+    utts = read_manifest(m, log=logs.append)
+    assert [(u.num_samples, u.sample_rate, u.file_rate) for u in utts] == \
+        [(4800, SR, 44100), (8000, SR, 44100), (4800, SR, 0)]
+    assert len(logs) == 1 and "2 of 3 audio files" in logs[0] and "44100 Hz" in logs[0] \
+        and "resampled to data.sample_rate=16000 Hz" in logs[0]
 
 
 def test_header_and_missing_manifest_errors(tmp_path):

@@ -2,7 +2,8 @@
 
     root/
       train/<Artist - Title>/mixture.wav vocals.wav drums.wav bass.wav other.wav
-      test/<Artist - Title>/...          (44.1 kHz stereo WAV, as MUSDB18-HQ ships)
+      test/<Artist - Title>/...          (44.1 kHz stereo WAV, as MUSDB18-HQ ships; files
+                                         at another rate are resampled on reading, soxr)
       valid_tracks.txt                   optional: one track name per line, replaces the
                                          official validation list (synthetic sets use it)
 
@@ -15,17 +16,21 @@ Splits: `train` is train/ without the validation tracks, `valid` the validation 
 
 The sampler is a pure function of (seed, sample index), like lm_text.WindowSampler:
 resuming at an index reproduces the uninterrupted run exactly. It reads only the segment
-it needs from each file (soundfile's start/frames), never a whole track.
+it needs from each file (soundfile's start/frames), never a whole track; a file at another
+rate than the dataset's is read a little wider and resampled (shared/audio/files.py), giving
+the samples of the whole file resampled.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import soundfile as sf
 
+from shared.audio.files import read_span, resampled_length
 from shared.errors import ConfigError, DataError
 
 
@@ -93,19 +98,25 @@ VALIDATION_TRACKS = (
 class Track:
     name: str
     folder: Path
-    frames: int  # samples per channel, the same in every file of the track
+    frames: int                  # samples per channel at `rate`, the same for every file of the track
+    rate: int = SAMPLE_RATE      # the dataset's sample rate
+    file_rates: dict[str, int] = field(default_factory=dict)   # stem -> its file's rate where not `rate`
 
     def path(self, stem: str) -> Path:
         return self.folder / f"{stem}.wav"
 
+    def file_rate(self, stem: str) -> int:
+        return self.file_rates.get(stem, self.rate)
+
 
 # ------------------------------------------------------------------ reading
 def read_audio(track: Track, stem: str, start: int = 0, frames: int | None = None) -> np.ndarray:
-    """(channels, frames) float32 from `start`; the whole file when frames is None."""
+    """(channels, frames) float32 at the dataset's rate from `start`; the whole file when
+    frames is None."""
     path = track.path(stem)
     n = track.frames - start if frames is None else frames
     try:
-        audio, _ = sf.read(path, start=start, frames=n, dtype="float32", always_2d=True)
+        audio = read_span(path, track.file_rate(stem), track.rate, start, n)
     except (RuntimeError, OSError) as e:
         raise DataError(f"track '{track.name}': cannot read {path} ({e}); re-extract or "
                         f"replace the file") from None
@@ -117,14 +128,15 @@ def read_audio(track: Track, stem: str, start: int = 0, frames: int | None = Non
 
 
 def scan_track(folder: Path, sample_rate: int, channels: int) -> Track:
-    """Check one track folder (files present, readable, same rate, channels and length)."""
+    """Check one track folder (files present, readable, the channels expected, the same
+    length at `sample_rate`, to which files at another rate are resampled on reading)."""
     name = folder.name
     missing = [f"{f}.wav" for f in FILES if not (folder / f"{f}.wav").is_file()]
     if missing:
         raise DataError(f"track '{name}' ({folder}) is missing {', '.join(missing)}; every "
                         f"track folder needs {', '.join(f + '.wav' for f in FILES)} "
                         f"(MUSDB18-HQ layout): restore the files or remove the folder")
-    lengths = {}
+    lengths, file_rates = {}, {}
     for f in FILES:
         path = folder / f"{f}.wav"
         try:
@@ -132,20 +144,19 @@ def scan_track(folder: Path, sample_rate: int, channels: int) -> Track:
         except (RuntimeError, OSError) as e:
             raise DataError(f"track '{name}': {path} is not readable audio ({e}); "
                             f"re-extract or replace the file") from None
-        if info.samplerate != sample_rate:
-            raise DataError(f"track '{name}': {path.name} is {info.samplerate} Hz, expected "
-                            f"{sample_rate} Hz; resample the dataset (MUSDB18-HQ is 44100 Hz) "
-                            f"or set data.sample_rate={info.samplerate}")
         if info.channels != channels:
             raise DataError(f"track '{name}': {path.name} has {info.channels} channel(s), "
                             f"expected {channels}; convert the file (MUSDB18-HQ is stereo) "
                             f"or set model.audio_channels={info.channels}")
-        lengths[f"{f}.wav"] = info.frames
+        if info.samplerate != sample_rate:
+            file_rates[f] = info.samplerate
+        lengths[f"{f}.wav"] = resampled_length(info.frames, info.samplerate, sample_rate)
     if len(set(lengths.values())) > 1:
         detail = ", ".join(f"{k} {v}" for k, v in lengths.items())
-        raise DataError(f"track '{name}': the files differ in length ({detail} samples); "
+        at = f" at {sample_rate} Hz" if file_rates else ""
+        raise DataError(f"track '{name}': the files differ in length ({detail} samples{at}); "
                         f"trim them to the same length")
-    return Track(name, folder, lengths["mixture.wav"])
+    return Track(name, folder, lengths["mixture.wav"], sample_rate, file_rates)
 
 
 # ------------------------------------------------------------------ dataset
@@ -188,6 +199,12 @@ class MusdbDataset:
             raise DataError(f"the {split} split is empty: {hint}; expected {folder}/<track>/"
                             f"mixture.wav, vocals.wav, drums.wav, bass.wav and other.wav")
         self.tracks = [scan_track(p, sample_rate, channels) for p in folders]
+        other_rates = sorted({r for t in self.tracks for r in t.file_rates.values()})
+        if other_rates:     # one line per dataset, not one per file
+            count = sum(1 for t in self.tracks if t.file_rates)
+            print(f"note: {count} of {len(self.tracks)} tracks of the {split} split in {self.root} "
+                  f"have files at {'/'.join(map(str, other_rates))} Hz; resampled to "
+                  f"data.sample_rate={sample_rate} Hz on reading (soxr)", file=sys.stderr)
 
     def __len__(self) -> int:
         return len(self.tracks)

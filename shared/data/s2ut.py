@@ -9,10 +9,12 @@ A manifest is tab-separated with a header (fairseq's speech_to_speech format):
 
     id  src_audio  src_n_frames  src_text  tgt_text  tgt_audio
 
-`src_audio` is a 16 kHz mono audio file, absolute or relative to the manifest's folder;
+`src_audio` is a mono audio file (data.sample_rate, 16 kHz; a file at another rate is
+resampled on reading with soxr, and one line says how many), absolute or relative to the
+manifest's folder;
 `src_n_frames` is informational (durations come from the audio header); `tgt_audio` is
 the target speech as space-separated discrete unit ids 0..n_units-1. Rows that cannot be
-used (missing or unreadable audio, another sample rate or channel count, empty text, no
+used (missing or unreadable audio, another channel count, empty text, no
 or out-of-range units, a repeated id) are all reported with their row numbers: the run
 stops with one message listing them, or with data.skip_bad_rows=true skips them and says
 how many. Utterances longer than data.max_duration are skipped, counted and logged.
@@ -48,6 +50,7 @@ import numpy as np
 import soundfile as sf
 
 from shared.audio.fbank import CMVN, FbankOptions, SpecAugment, fbank, num_frames
+from shared.audio.files import resample, resampled_length
 from shared.data.lm_text import load_tokenizer
 from shared.errors import ConfigError, DataError
 from shared.specs.echostream import BLANK, BOS, EOS, PAD, UNK, unit_id  # noqa: F401
@@ -104,8 +107,6 @@ class S2UTDataConfig:
                               f"{self.synth_min_seconds}, {self.synth_max_seconds}")
 
 MANIFEST_COLUMNS = ("id", "src_audio", "src_n_frames", "src_text", "tgt_text", "tgt_audio")
-RESAMPLE_HINT = ("resample it, e.g. `sox IN -r {rate} -c 1 OUT.wav` or "
-                 "`ffmpeg -i IN -ar {rate} -ac 1 OUT.wav`")
 MAX_LISTED = 10  # bad rows spelled out in a message; the rest are counted
 
 
@@ -119,11 +120,12 @@ class Utterance:
     row: int                  # data row in its manifest: 1 = the line after the header
     id: str
     audio: Path
-    num_samples: int
-    sample_rate: int
+    num_samples: int          # at sample_rate
+    sample_rate: int          # the rate features are computed at (data.sample_rate)
     src_text: str
     tgt_text: str
     units: tuple[int, ...]    # 0-based, as written in the manifest
+    file_rate: int = 0        # the audio file's own rate where it is not sample_rate (resampled)
 
     @property
     def seconds(self) -> float:
@@ -164,17 +166,15 @@ def _check_row(fields: list[str], col: dict[str, int], folder: Path, sample_rate
         info = sf.info(str(audio))
     except (RuntimeError, OSError) as e:
         return f"cannot read {audio} ({e}); re-export it as WAV/FLAC"
-    if info.samplerate != sample_rate:
-        return (f"{audio} is {info.samplerate} Hz, expected {sample_rate} Hz mono; "
-                + RESAMPLE_HINT.format(rate=sample_rate))
     if info.channels != 1:
         return (f"{audio} has {info.channels} channels, expected mono; mix it down, e.g. "
                 f"`sox IN -c 1 OUT.wav` or `ffmpeg -i IN -ac 1 OUT.wav`")
-    if num_frames(info.frames, FbankOptions(sample_rate=sample_rate)) == 0:
+    samples = resampled_length(int(info.frames), info.samplerate, sample_rate)
+    if num_frames(samples, FbankOptions(sample_rate=sample_rate)) == 0:
         return f"{audio} is shorter than one 25 ms fbank frame"
     seen[get["id"]] = row
-    return Utterance(row, get["id"], audio, int(info.frames), sample_rate, get["src_text"],
-                     get["tgt_text"], units)
+    return Utterance(row, get["id"], audio, samples, sample_rate, get["src_text"],
+                     get["tgt_text"], units, 0 if info.samplerate == sample_rate else info.samplerate)
 
 
 def read_manifest(path: str | Path, sample_rate: int = 16000, n_units: int | None = None,
@@ -216,6 +216,12 @@ def read_manifest(path: str | Path, sample_rate: int = 16000, n_units: int | Non
             f"{listed}")
     if not utterances:
         raise DataError(f"manifest {path} has no usable rows ({len(rows)} rows, {len(bad)} bad)")
+    other_rates = sorted({u.file_rate for u in utterances if u.file_rate})
+    if other_rates:     # one line per manifest, not one per file
+        count = sum(1 for u in utterances if u.file_rate)
+        log(f"note: {count} of {len(utterances)} audio files of {path} are at "
+            f"{'/'.join(map(str, other_rates))} Hz; resampled to data.sample_rate={sample_rate} Hz "
+            f"on reading (soxr)")
     return utterances
 
 
@@ -312,22 +318,23 @@ def tokenizer_for(given: str, texts: list[str], vocab_size: int, cache_path: Pat
 
 # ------------------------------------------------------------------ features
 def load_audio(utt: Utterance) -> np.ndarray:
-    """(samples,) float32 in [-1, 1]."""
+    """(samples,) float32 in [-1, 1] at utt.sample_rate (resampled from the file's rate)."""
     try:
         audio, rate = sf.read(str(utt.audio), dtype="float32")
     except (RuntimeError, OSError) as e:
         raise DataError(f"utterance {utt.id!r}: cannot read {utt.audio} ({e})") from None
-    if rate != utt.sample_rate or audio.ndim != 1:
+    if rate != (utt.file_rate or utt.sample_rate) or audio.ndim != 1:
         raise DataError(f"utterance {utt.id!r}: {utt.audio} changed since the manifest was "
-                        f"checked (now {rate} Hz, shape {audio.shape}); "
-                        + RESAMPLE_HINT.format(rate=utt.sample_rate))
-    return audio
+                        f"checked (now {rate} Hz, shape {audio.shape}); restore it or start "
+                        f"the run again")
+    return resample(audio, rate, utt.sample_rate)
 
 
 class FeatureCache:
     """Fbank features per utterance, computed once: as .npy files in `folder` (keyed by
-    the audio file's path, size, modification time and the fbank options, so an edited
-    file is recomputed), or in memory when folder is None."""
+    the audio file's path, size, modification time, its rate and the fbank options, which
+    hold the rate features are computed at, so an edited or resampled file is recomputed),
+    or in memory when folder is None."""
 
     def __init__(self, folder: str | Path | None, opts: FbankOptions = FbankOptions()):
         self.folder = Path(folder) if folder is not None else None
@@ -338,7 +345,10 @@ class FeatureCache:
 
     def key(self, utt: Utterance) -> str:
         stat = utt.audio.stat()
-        return text_key(utt.audio.resolve(), stat.st_size, stat.st_mtime_ns, self.opts)
+        # the file's own rate only where it is resampled: keys of files at the rate stay as before
+        resampled_from = (f"from {utt.file_rate} Hz",) if utt.file_rate else ()
+        return text_key(utt.audio.resolve(), stat.st_size, stat.st_mtime_ns, *resampled_from,
+                        self.opts)
 
     def features(self, utt: Utterance, key: str) -> np.ndarray:
         """(frames, num_mel_bins) float32 log-mel features of the utterance."""

@@ -52,6 +52,9 @@ class TrainConfig:
     # "output.*") kept at their initial values.
     init_from: str = ""
     init_exclude: list[str] = field(default_factory=list)
+    # Experiment tracking: any of tensorboard, wandb, trackio (shared/engine/tracking.py), fed
+    # the rows of metrics.jsonl; each needs its pip extra, e.g. pip install 'workbench[wandb]'.
+    report_to: list[str] = field(default_factory=list)
 
     def validate(self):
         for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "log_every",
@@ -74,6 +77,13 @@ class TrainConfig:
                               "train.max_grad_norm must be >= 0")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        from shared.engine.tracking import SINKS
+        for name in self.report_to:
+            if name not in SINKS:
+                raise ConfigError(f"train.report_to: unknown sink {name!r}{_did_you_mean(name, SINKS)}; "
+                                  f"choose from {', '.join(SINKS)}, e.g. train.report_to=[tensorboard]")
+        if len(set(self.report_to)) < len(self.report_to):
+            raise ConfigError(f"train.report_to names a sink twice: {self.report_to}")
 
 
 @dataclass(frozen=True)

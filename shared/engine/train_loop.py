@@ -17,6 +17,7 @@ A run directory:
     RUN/checkpoints/step_00000100/  model.safetensors, config.yaml, trainer_state.safetensors,
                              train_state.json, tokenizer.model
     RUN/checkpoints/best/    the checkpoint with the lowest validation loss
+    RUN/tensorboard/, RUN/wandb/, RUN/tracking.json   with train.report_to (shared/engine/tracking.py)
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from shared.engine.checkpoint import load_safetensors, open_checkpoint, save_che
 from shared.engine.config import RunConfig
 from shared.engine.schedule import lr_at
 from shared.engine.tasks import make_task, same_data_file
+from shared.engine.tracking import Tracker, check_installed
 from shared.errors import CheckpointError, ConfigError
 from shared.registry import get_family
 
@@ -195,6 +197,8 @@ class Run:
         self.rank, self.world_size = rank, world_size
         self.progress = progress and sys.stderr.isatty()
         tc = config.train
+        check_installed(tc.report_to)   # before anything of the run is created or changed
+        self.tracker = Tracker()        # the sinks open when training starts
         if resume is not None:  # checked before any data is built
             ckpt = find_checkpoint(resume)
             weights = _resumable_weights(ckpt, config)
@@ -312,13 +316,19 @@ class Run:
         if self.rank == 0:
             print(text, file=sys.stderr, flush=True)
 
+    @property
+    def writes_metrics(self) -> bool:
+        """Whether this process writes metrics.jsonl and the tracking sinks (one rank does)."""
+        return self.rank == 0
+
     def record(self, row: dict) -> None:
-        if self.rank == 0:
+        if self.writes_metrics:
             with open(self.out / "metrics.jsonl", "a") as f:
                 # A non-finite loss is written as null: NaN is not JSON.
                 row = {k: None if isinstance(v, float) and not math.isfinite(v) else v
                        for k, v in row.items()}
                 f.write(json.dumps(row) + "\n")
+            self.tracker.log_row(row)
 
     def memory_gb(self) -> tuple[float, float]:
         """(current, peak) GB: the framework's allocator statistics, or the process RSS where
@@ -337,6 +347,9 @@ class Run:
     # ------------------------------------------------------------------ the loop
     def evaluate(self) -> dict:
         row = {"step": self.state.step, **self.task.evaluate(self.trainer)}
+        media = get_family(self.config.family).eval_media
+        if media is not None and self.tracker.shows_media:
+            self.tracker.log_media(row["step"], media(self.task, self.trainer))
         self.log(f"step {row['step']}: " + " ".join(
             f"{k} {v:.4f}" if abs(v) < 1000 else f"{k} {v:.1f}" for k, v in row.items() if k != "step"))
         return row
@@ -356,6 +369,8 @@ class Run:
         window_start, window_tokens = time.perf_counter(), 0
         run_start = window_start
         try:
+            if self.writes_metrics:
+                self.tracker = Tracker.open(tc.report_to, self.out, self.config.to_dict(), st.step)
             if st.step == 0:
                 self.record(self.evaluate())
             batches = prefetch(self._step_batches, st.step, last)
@@ -418,6 +433,7 @@ class Run:
             signal.signal(signal.SIGINT, previous)
             if bar is not None:
                 bar.close()
+            self.tracker.close()
         return st
 
     def _step_batches(self, step: int) -> dict[str, np.ndarray]:

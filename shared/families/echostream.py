@@ -5,7 +5,7 @@ from shared.planner.echostream import ECHOSTREAM_MEMORY
 from shared.registry import Family, register
 from shared.specs.echostream import (EchoStreamSpec, echostream_batch_parts, echostream_init_weights,
                                      echostream_manifest, echostream_param_counts)
-from shared.tasks.echostream import EchoStreamTask, echostream_batch, example_seconds
+from shared.tasks.echostream import EchoStreamTask, echostream_batch, echostream_media, example_seconds
 
 
 
@@ -22,4 +22,5 @@ ECHOSTREAM = register(Family(
     data_config=S2UTDataConfig, task=EchoStreamTask, random_batch=echostream_batch,
     memory=ECHOSTREAM_MEMORY, unit="audio_s", units_per_example=example_seconds,
     inference="streaming", bench_configs=("configs/echostream_demo.yaml",),
-    batch_parts=echostream_batch_parts, split_by_default=False, check_config=check_config))
+    batch_parts=echostream_batch_parts, split_by_default=False, check_config=check_config,
+    eval_media=echostream_media))

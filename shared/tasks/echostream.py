@@ -47,10 +47,9 @@ class EchoStreamTask:
         return batch
 
     def evaluate(self, trainer) -> dict:
-        from shared.data.s2ut import mt_token_ids, unit_sequence
-        from shared.eval.text import char_error_rate, corpus_bleu, ctc_collapse, unit_error_rate, word_error_rate
+        from shared.eval.text import char_error_rate, corpus_bleu, unit_error_rate, word_error_rate
 
-        dev, src_sp, tgt_sp = self.corpus.dev, self.corpus.src_tokenizer, self.corpus.tgt_tokenizer
+        dev = self.corpus.dev
         sums, count = {}, 0
         refs = {"src": [], "tgt": [], "units": []}
         hyps = {"asr": [], "mt": [], "st": [], "units": []}
@@ -65,11 +64,8 @@ class EchoStreamTask:
                 refs["src"].append(utt.src_text)
                 refs["tgt"].append(utt.tgt_text)
                 refs["units"].append(list(utt.units))
-                enc_len = int(out["encoder_lengths"][b])
-                hyps["asr"].append(src_sp.decode(ctc_collapse(out["asr_ctc_argmax"][b], enc_len)))
-                hyps["st"].append(tgt_sp.decode(ctc_collapse(out["st_ctc_argmax"][b], enc_len)))
-                hyps["mt"].append(tgt_sp.decode(mt_token_ids(out["mt_tokens"][b])))
-                hyps["units"].append(unit_sequence(out["unit_ctc_argmax"][b], int(out["unit_lengths"][b])))
+                for name, hyp in self.hypotheses(out, b).items():
+                    hyps[name].append(hyp)
         row = {"val_loss": sums.pop("loss") / count}
         row |= {f"val_{name}": total / count for name, total in sums.items()}
         row |= {"wer": word_error_rate(refs["src"], hyps["asr"]),
@@ -79,12 +75,42 @@ class EchoStreamTask:
                 "unit_error_rate": unit_error_rate(refs["units"], hyps["units"])}
         return row
 
+    def hypotheses(self, out: dict, b: int) -> dict:
+        """Row b of trainer.decode's outputs as text and units: "asr" (the ASR CTC head),
+        "st" (the ST CTC head), "mt" (the MT decoder), "units" (the unit CTC head)."""
+        from shared.data.s2ut import mt_token_ids, unit_sequence
+        from shared.eval.text import ctc_collapse
+
+        src_sp, tgt_sp = self.corpus.src_tokenizer, self.corpus.tgt_tokenizer
+        enc_len = int(out["encoder_lengths"][b])
+        return {"asr": src_sp.decode(ctc_collapse(out["asr_ctc_argmax"][b], enc_len)),
+                "st": tgt_sp.decode(ctc_collapse(out["st_ctc_argmax"][b], enc_len)),
+                "mt": tgt_sp.decode(mt_token_ids(out["mt_tokens"][b])),
+                "units": unit_sequence(out["unit_ctc_argmax"][b], int(out["unit_lengths"][b]))}
+
     def checkpoint_files(self) -> dict[str, bytes]:
         from shared.data.s2ut import cmvn_to_bytes
 
         return {"src_tokenizer.model": self.corpus.src_tokenizer_path.read_bytes(),
                 "tgt_tokenizer.model": self.corpus.tgt_tokenizer_path.read_bytes(),
                 "cmvn.npz": cmvn_to_bytes(self.corpus.cmvn)}
+
+
+MEDIA_UTTERANCES = 8   # transcripts an evaluation shows in TensorBoard, W&B or trackio
+
+
+def echostream_media(task: EchoStreamTask, trainer) -> list:
+    """What a tracking sink shows after an evaluation (Family.eval_media): the first dev
+    utterances' references next to the model's greedy ASR, ST CTC and MT outputs."""
+    from shared.engine.tracking import TextTable
+
+    indices, batch = task.dev_batches[0]
+    out = trainer.decode(batch, max_target_len=task.max_target_len)
+    rows = []
+    for b, i in enumerate(indices[:MEDIA_UTTERANCES]):
+        utt, hyp = task.corpus.dev.utterances[i], task.hypotheses(out, b)
+        rows.append((utt.id, utt.src_text, hyp["asr"], utt.tgt_text, hyp["mt"], hyp["st"]))
+    return [TextTable("transcripts", ("id", "source", "ASR (CTC)", "target", "MT", "ST (CTC)"), rows)]
 
 
 # Text per second of speech, for planning and synthetic batches: ~4 source and ~3 target

@@ -89,6 +89,25 @@ def separation_batch(config, batch_size: int, rng: np.random.Generator) -> dict[
     return {"mixture": sources.sum(axis=1), "sources": sources}
 
 
+EXCERPT_SECONDS = 5.0   # the audio an evaluation shows in TensorBoard, W&B or trackio
+
+
+def separation_media(task: SeparationTask, trainer) -> list:
+    """What a tracking sink plays after an evaluation (Family.eval_media): EXCERPT_SECONDS
+    from the middle of the first validation track, its mixture and each separated stem,
+    separated chunk by chunk as the evaluation separates whole tracks."""
+    from shared.audio.chunked import separate
+    from shared.data.musdb import STEMS, read_audio
+    from shared.engine.tracking import AudioClip
+
+    track = task.valid.tracks[0]
+    frames = min(track.frames, int(EXCERPT_SECONDS * task.sample_rate))
+    mixture = read_audio(track, "mixture", (track.frames - frames) // 2, frames)
+    stems = separate(mixture, trainer.predict, task.segment)
+    return [AudioClip(f"excerpt/{name}", np.ascontiguousarray(audio.T), task.sample_rate)
+            for name, audio in zip(("mixture",) + STEMS, [mixture, *stems])]
+
+
 def segment_seconds(config) -> float:
     """Seconds of audio in one training example."""
     return config.data.segment_seconds
@@ -100,4 +119,5 @@ def separator_parts() -> dict:
     from shared.data.musdb import AudioDataConfig
 
     return dict(data_config=AudioDataConfig, task=SeparationTask, random_batch=separation_batch,
-                unit="audio_s", units_per_example=segment_seconds, inference="separation")
+                unit="audio_s", units_per_example=segment_seconds, inference="separation",
+                eval_media=separation_media)
