@@ -16,3 +16,8 @@ class DataError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or does not match the model."""
+
+
+class StorageError(CheckpointError):
+    """A write the disk refused (full, read-only, over quota); the message names the file
+    and what was kept. A CheckpointError, so every command reports it as one line."""
