@@ -22,22 +22,29 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from shared.data.loader import prefetch
-from shared.engine.checkpoint import load_safetensors, open_checkpoint, save_checkpoint
+from shared.engine.checkpoint import (completed_checkpoints, earlier_checkpoint_hint,
+                                      is_checkpoint, load_safetensors, not_a_checkpoint,
+                                      open_checkpoint, recover_checkpoints, resolve_named,
+                                      save_checkpoint, step_of)
+from shared.engine.durable import (append_line, atomic_write_bytes, fsync_file, remove_leftovers,
+                                   temp_path, write_point)
 from shared.engine.config import RunConfig
 from shared.engine.schedule import lr_at
-from shared.engine.tasks import make_task, same_data_file
-from shared.errors import CheckpointError, ConfigError
+from shared.engine.tasks import data_file_problem, make_task, same_data_file
+from shared.errors import CheckpointError, ConfigError, StorageError
 from shared.registry import get_family
 
 TRAINER_STATE = "trainer_state.safetensors"
@@ -56,15 +63,76 @@ class TrainState:
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory (its newest checkpoint)."""
+    """A checkpoint directory, or a run directory (its newest checkpoint). A checkpoint whose
+    replacement was killed resolves to the complete one it kept (checkpoint.resolve_named)."""
     path = Path(path)
-    if (path / TRAIN_STATE).is_file():
-        return path
-    steps = sorted((path / "checkpoints").glob("step_*")) if path.is_dir() else []
-    if not steps:
-        raise CheckpointError(f"{path} is neither a training checkpoint nor a run directory "
-                              f"with checkpoints/step_*; pass --resume RUN_DIR or a checkpoint")
-    return steps[-1]
+    named = resolve_named(path)
+    if named is not None and (named / TRAIN_STATE).is_file():
+        return named
+    if named is not None or (path / "model.safetensors").exists():
+        raise CheckpointError(f"{path / TRAIN_STATE} is missing: not a complete training "
+                              f"checkpoint{earlier_checkpoint_hint(path)}")
+    if not path.is_dir():
+        raise CheckpointError(not_a_checkpoint(path))
+    steps = [p for p in sorted((path / "checkpoints").glob("step_*")) if is_checkpoint(p)]
+    if steps:
+        return steps[-1]
+    best = resolve_named(path / "checkpoints" / "best")
+    if best is not None:
+        raise CheckpointError(f"{path} has no step_* checkpoint left, only checkpoints/best; "
+                              f"resume from it with --resume {path / 'checkpoints' / 'best'}")
+    if is_run_directory(path):
+        raise CheckpointError(f"{path} holds no completed checkpoint (the run stopped before its "
+                              f"first save): nothing to resume; start it over with --config "
+                              f"{path / 'config.yaml'} --out {path} --restart")
+    raise CheckpointError(not_a_checkpoint(path))
+
+
+def is_run_directory(path: Path) -> bool:
+    """Whether `path` looks like a run's directory (with or without a checkpoint yet)."""
+    return (path / "config.yaml").is_file() and ((path / "metrics.jsonl").is_file()
+                                                 or (path / "checkpoints").is_dir()
+                                                 or (path / "data").is_dir())
+
+
+_STATE_COUNTS = ("step", "samples_seen", "skipped_steps", "bad_steps_in_row")
+
+
+def read_train_state(ckpt: Path) -> TrainState:
+    """A checkpoint's train_state.json, checked as a config is: every key, of its type, in
+    its range, and the step the checkpoint's name says. An edit or damage is one error
+    naming the file and the checkpoint to use instead, never a run that goes on from the
+    wrong place."""
+    path = ckpt / TRAIN_STATE
+    hint = earlier_checkpoint_hint(ckpt)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: not a complete training checkpoint{hint}")
+    try:
+        raw = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is damaged ({e}){hint}") from None
+    names = [f.name for f in dataclass_fields(TrainState)]
+    if not isinstance(raw, dict) or set(raw) != set(names):
+        got = ", ".join(sorted(raw)) if isinstance(raw, dict) else type(raw).__name__
+        raise CheckpointError(f"{path} is damaged: it must hold {', '.join(names)} (it holds "
+                              f"{got or 'nothing'}){hint}")
+    def bad(key: str, need: str):
+        return CheckpointError(f"{path}: {key} must be {need}, got {raw[key]!r}{hint}")
+    for key in _STATE_COUNTS:
+        if not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 0:
+            raise bad(key, "an integer >= 0")
+    tokens, best = raw["tokens_seen"], raw["best_val_loss"]
+    if not isinstance(tokens, (int, float)) or isinstance(tokens, bool) or not 0 <= tokens < math.inf:
+        raise bad("tokens_seen", "a number >= 0")
+    if not isinstance(best, (int, float)) or isinstance(best, bool) or math.isnan(best):
+        raise bad("best_val_loss", "a number (Infinity before the first evaluation)")
+    if raw["skipped_steps"] > raw["step"] or raw["bad_steps_in_row"] > raw["skipped_steps"]:
+        raise bad("skipped_steps", f"at most step={raw['step']} (and bad_steps_in_row at most it)")
+    named = step_of(ckpt)
+    if named is not None and raw["step"] != named:
+        raise CheckpointError(f"{path} says step {raw['step']} but the checkpoint is {ckpt.name}: "
+                              f"the file was edited or belongs elsewhere{hint}")
+    return TrainState(**raw)
 
 
 def flatten_micro_batches(micro: list) -> dict[str, np.ndarray]:
@@ -195,6 +263,8 @@ class Run:
         self.rank, self.world_size = rank, world_size
         self.progress = progress and sys.stderr.isatty()
         tc = config.train
+        if rank == 0:
+            self._tidy_after_kill()
         if resume is not None:  # checked before any data is built
             ckpt = find_checkpoint(resume)
             weights = _resumable_weights(ckpt, config)
@@ -211,18 +281,24 @@ class Run:
         elif tc.init_from:
             self.log(f"starting from the weights of {tc.init_from}"
                      + (f" (kept at their initial values: {', '.join(tc.init_exclude)})" if tc.init_exclude else ""))
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        if rank == 0:
+            atomic_write_bytes(self.out / "config.yaml",
+                               yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
         self._interrupted = False
+
+    def _tidy_after_kill(self) -> None:
+        """What a killed run left: temporary files and checkpoint folders, and a checkpoint
+        whose replacement was interrupted (kept under its previous name, put back here)."""
+        done = recover_checkpoints(self.out / "checkpoints")
+        for folder in (self.out, self.out / "data"):
+            done += [f"removed {p.name} (a write that never finished)" for p in remove_leftovers(folder)]
+        for line in done:
+            self.log(f"{self.out}: {line}")
 
     # ------------------------------------------------------------------ checkpoints
     def _restore(self, ckpt: Path) -> None:
         """Everything is checked before anything of the run (its metrics) is changed."""
-        try:
-            state = TrainState(**json.loads((ckpt / TRAIN_STATE).read_text()))
-        except (ValueError, TypeError) as e:
-            raise CheckpointError(f"{ckpt / TRAIN_STATE} is damaged ({e}); resume from another "
-                                  f"checkpoint of the run") from None
+        state = read_train_state(ckpt)
         max_steps = self.config.train.max_steps
         if state.step >= max_steps:
             raise ConfigError(f"{ckpt} is at step {state.step} and train.max_steps is {max_steps}: "
@@ -244,7 +320,12 @@ class Run:
         settings = self.task.file_settings
         for name, content in self.task.checkpoint_files().items():
             saved = ckpt / name
-            if saved.is_file() and not same_data_file(name, saved.read_bytes(), content):
+            if not saved.is_file():
+                continue
+            problem = data_file_problem(name, saved.read_bytes())
+            if problem:
+                raise CheckpointError(f"{saved} is damaged ({problem}){earlier_checkpoint_hint(ckpt)}")
+            if not same_data_file(name, saved.read_bytes(), content):
                 keep = (f", or keep the checkpoint's: copy {saved} out of the checkpoint and set "
                         f"{settings[name]} to the copy") if name in settings else ""
                 raise CheckpointError(f"this run's data give a different {name} than the one "
@@ -255,8 +336,11 @@ class Run:
         """Rows logged after the checkpoint we resume from will be logged again."""
         path = self.out / "metrics.jsonl"
         if path.is_file():
-            rows = [r for r in path.read_text().splitlines() if _row_step(r) <= step]
-            path.write_text("".join(r + "\n" for r in rows))
+            lines = path.read_text().splitlines()
+            rows = [r for r in lines if _row_step(r) <= step]
+            if rows != lines:   # a new file renamed over the old: a kill keeps one or the other
+                atomic_write_bytes(path, "".join(r + "\n" for r in rows).encode(),
+                                   f"rewriting {path.name} up to step {step}")
 
     def save(self, name: str) -> Path:
         """Write a checkpoint atomically; a failure leaves earlier checkpoints intact."""
@@ -264,15 +348,57 @@ class Run:
         tensors |= {f"rng.{k}": v for k, v in self.trainer.rng_state().items()}
         extra = {TRAINER_STATE: tensors, TRAIN_STATE: json.dumps(asdict(self.state)).encode(),
                  **self.task.checkpoint_files()}
-        path = save_checkpoint(self.out / "checkpoints" / name, self.trainer.get_weights(),
-                               self.config.to_dict(), extra_files=extra)
+        weights = self.trainer.get_weights()
+        metrics = self.out / "metrics.jsonl"
+        if metrics.is_file():   # the rows this checkpoint covers survive a power loss with it
+            fsync_file(metrics)
+        target = self.out / "checkpoints" / name
+        try:
+            self._check_free_space(target, [weights, tensors, *extra.values()])
+            path = save_checkpoint(target, weights, self.config.to_dict(), extra_files=extra)
+        except StorageError as e:
+            raise self._stopped(e) from None
         self._prune()
         return path
+
+    def _stopped(self, error: StorageError) -> StorageError:
+        """A refused write, with where the run stopped and how it goes on."""
+        kept = completed_checkpoints(self.out)
+        steps = [p.name for p in kept if step_of(p) is not None]
+        if steps:
+            again = (f"continue from its last checkpoint, {steps[-1]}, with --resume {self.out} "
+                     f"once there is room")
+        elif kept:
+            again = f"continue with --resume {kept[-1]} once there is room"
+        else:
+            again = "no checkpoint of it was saved yet"
+        return StorageError(f"{error}; training stopped at step {self.state.step}: {again}")
+
+    def _check_free_space(self, target: Path, contents: list) -> None:
+        """Stop before a checkpoint write that cannot fit: the arrays and bytes it holds,
+        with a margin for the file headers (a full disk mid-write is caught too, by
+        write_directory, but this says it before any work)."""
+        def size(x) -> int:
+            if isinstance(x, dict):
+                return sum(np.asarray(v).nbytes for v in x.values())
+            return len(x)
+        needed = int(sum(size(c) for c in contents) * 1.05) + (1 << 20)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(target.parent).free
+        if free < needed:
+            raise StorageError(f"not enough space for checkpoint {target}: it needs about "
+                               f"{needed / 1e6:.0f} MB and {target.parent} has {free / 1e6:.0f} MB "
+                               f"free; free some space")
 
     def _prune(self) -> None:
         steps = sorted((self.out / "checkpoints").glob("step_*"))
         for old in steps[:-self.config.train.keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            # Renamed to a temporary name first: a kill mid-removal leaves no half checkpoint
+            # under a checkpoint's name (the next start removes the rest).
+            write_point(f"removing {old.name}")
+            doomed = temp_path(old)
+            os.replace(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
 
     def _check_memory_plan(self, backend: str, force: bool) -> tuple[float | None, str]:
         """What the planner expects (python -m shared.plan): (predicted peak, the line that
@@ -314,11 +440,14 @@ class Run:
 
     def record(self, row: dict) -> None:
         if self.rank == 0:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                # A non-finite loss is written as null: NaN is not JSON.
-                row = {k: None if isinstance(v, float) and not math.isfinite(v) else v
-                       for k, v in row.items()}
-                f.write(json.dumps(row) + "\n")
+            # A non-finite loss is written as null: NaN is not JSON.
+            row = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                   for k, v in row.items()}
+            self.out.mkdir(parents=True, exist_ok=True)
+            try:
+                append_line(self.out / "metrics.jsonl", json.dumps(row))
+            except StorageError as e:
+                raise self._stopped(e) from None
 
     def memory_gb(self) -> tuple[float, float]:
         """(current, peak) GB: the framework's allocator statistics, or the process RSS where
