@@ -167,7 +167,13 @@ def resolve_named(path: Path) -> Path | None:
     if is_checkpoint(path):
         return path
     previous = previous_path(path)
-    return previous if is_checkpoint(previous) else None
+    if is_checkpoint(previous):
+        return previous
+    if path.name.startswith(".") and path.name.endswith(".previous"):
+        # resolved before a run's start put it back under its own name (recover_checkpoints)
+        restored = path.with_name(path.name[1:-len(".previous")])
+        return restored if is_checkpoint(restored) else None
+    return None
 
 
 def recover_checkpoints(folder: Path) -> list[str]:
@@ -296,11 +302,17 @@ def check_weights(weights: dict[str, np.ndarray], manifest: list[ParamSpec],
     unexpected = [n for n in weights if n not in expected]
     wrong = [f"{n}: {source} has {tuple(weights[n].shape)}, model expects {expected[n]}"
              for n in expected if n in weights and tuple(weights[n].shape) != expected[n]]
-    if not (missing or unexpected or wrong):
+    # Parameters are floating point (bf16 is ml_dtypes' kind "V"); an integer or boolean
+    # tensor would be cast to numbers that mean nothing (an edited header, say).
+    not_float = [f"{n}: {source} stores it as {weights[n].dtype}, not a floating-point type"
+                 for n in expected if n in weights and weights[n].dtype.kind not in "fV"]
+    if not (missing or unexpected or wrong or not_float):
         return
-    lines = [f"{source} does not match the model config "
-             f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} wrong shape):"]
-    for kind, names in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)):
+    dtypes = f", {len(not_float)} wrong dtype" if not_float else ""
+    lines = [f"{source} does not match the model config ({len(missing)} missing, "
+             f"{len(unexpected)} unexpected, {len(wrong)} wrong shape{dtypes}):"]
+    for kind, names in (("missing", missing), ("unexpected", unexpected), ("shape", wrong),
+                        ("dtype", not_float)):
         lines += [f"  {kind}: {n}" for n in names[:20]]
         if len(names) > 20:
             lines.append(f"  ... and {len(names) - 20} more ({kind})")
