@@ -456,6 +456,15 @@ def test_missing_files_and_leftover_runs_get_the_way_on(finished, tmp_path):
         find_checkpoint(run_dir)
 
 
+def test_a_model_only_checkpoint_is_pointed_to_init_from(tmp_path):
+    """A checkpoint with weights but no training state (save_model, import_hf) cannot be
+    resumed: the message says how to start from it instead."""
+    save_checkpoint(tmp_path / "imported", {"w": np.zeros(2, np.float32)}, {"family": "lm", "model": {}})
+    with pytest.raises(CheckpointError, match=r"not a training checkpoint, so it cannot be "
+                                              r"resumed; .* train.init_from=.*imported"):
+        find_checkpoint(tmp_path / "imported")
+
+
 @pytest.mark.parametrize("path, message", [
     ("/dev/null", "is a file, not a checkpoint"),
     ("EMPTY", "is a directory but holds no checkpoint"),

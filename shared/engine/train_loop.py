@@ -35,10 +35,10 @@ import numpy as np
 import yaml
 
 from shared.data.loader import prefetch
-from shared.engine.checkpoint import (completed_checkpoints, earlier_checkpoint_hint,
-                                      is_checkpoint, load_safetensors, not_a_checkpoint,
-                                      open_checkpoint, recover_checkpoints, resolve_named,
-                                      save_checkpoint, step_of)
+from shared.engine.checkpoint import (MANIFEST_FILE, completed_checkpoints,
+                                      earlier_checkpoint_hint, is_checkpoint, load_safetensors,
+                                      not_a_checkpoint, open_checkpoint, recover_checkpoints,
+                                      resolve_named, save_checkpoint, step_of)
 from shared.engine.durable import (append_line, atomic_write_bytes, fsync_file, remove_leftovers,
                                    temp_path, write_point)
 from shared.engine.config import RunConfig
@@ -70,6 +70,10 @@ def find_checkpoint(path: str | Path) -> Path:
     if named is not None and (named / TRAIN_STATE).is_file():
         return named
     if named is not None or (path / "model.safetensors").exists():
+        if not (_listed_in_manifest(path, TRAIN_STATE) or path.parent.name == "checkpoints"):
+            raise CheckpointError(f"{path} holds a model but no {TRAIN_STATE}: not a training "
+                                  f"checkpoint, so it cannot be resumed; start a new run from "
+                                  f"its weights with train.init_from={path}")
         raise CheckpointError(f"{path / TRAIN_STATE} is missing: not a complete training "
                               f"checkpoint{earlier_checkpoint_hint(path)}")
     if not path.is_dir():
@@ -86,6 +90,13 @@ def find_checkpoint(path: str | Path) -> Path:
                               f"first save): nothing to resume; start it over with --config "
                               f"{path / 'config.yaml'} --out {path} --restart")
     raise CheckpointError(not_a_checkpoint(path))
+
+
+def _listed_in_manifest(ckpt: Path, name: str) -> bool:
+    try:
+        return name in json.loads((ckpt / MANIFEST_FILE).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def is_run_directory(path: Path) -> bool:
