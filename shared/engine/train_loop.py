@@ -15,7 +15,7 @@ A run directory:
     RUN/metrics.jsonl        one JSON object per logged step or evaluation
     RUN/data/                tokenizer and token files (built on first use)
     RUN/checkpoints/step_00000100/  model.safetensors, config.yaml, trainer_state.safetensors,
-                             train_state.json, tokenizer.model
+                             train_state.json, tokenizer.model, manifest.json (hashes)
     RUN/checkpoints/best/    the checkpoint with the lowest validation loss
 """
 from __future__ import annotations
@@ -35,13 +35,13 @@ import numpy as np
 import yaml
 
 from shared.data.loader import prefetch
-from shared.engine.checkpoint import (MANIFEST_FILE, completed_checkpoints,
-                                      earlier_checkpoint_hint, is_checkpoint, load_safetensors,
-                                      not_a_checkpoint, open_checkpoint, recover_checkpoints,
-                                      resolve_named, save_checkpoint, step_of)
+from shared.engine.checkpoint import (completed_checkpoints, earlier_checkpoint_hint,
+                                      load_safetensors, open_checkpoint, recover_checkpoints,
+                                      save_checkpoint, step_of)
 from shared.engine.durable import (append_line, atomic_write_bytes, fsync_file, remove_leftovers,
                                    temp_path, write_point)
 from shared.engine.config import RunConfig
+from shared.engine.run_files import TRAIN_STATE, checked_train_state, find_checkpoint  # noqa: F401
 from shared.engine.schedule import lr_at
 from shared.engine.tasks import data_file_problem, make_task, same_data_file
 from shared.errors import CheckpointError, ConfigError, StorageError
@@ -49,7 +49,6 @@ from shared.registry import get_family
 
 TRAINER_STATE = "trainer_state.safetensors"
 UNIT_LABELS = {"tokens": "tok/s", "audio_s": "audio s/s"}     # the progress bar's throughput
-TRAIN_STATE = "train_state.json"
 
 
 @dataclass
@@ -62,88 +61,9 @@ class TrainState:
     bad_steps_in_row: int = 0
 
 
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory (its newest checkpoint). A checkpoint whose
-    replacement was killed resolves to the complete one it kept (checkpoint.resolve_named)."""
-    path = Path(path)
-    named = resolve_named(path)
-    if named is not None and (named / TRAIN_STATE).is_file():
-        return named
-    if named is not None or (path / "model.safetensors").exists():
-        if not (_listed_in_manifest(path, TRAIN_STATE) or path.parent.name == "checkpoints"):
-            raise CheckpointError(f"{path} holds a model but no {TRAIN_STATE}: not a training "
-                                  f"checkpoint, so it cannot be resumed; start a new run from "
-                                  f"its weights with train.init_from={path}")
-        raise CheckpointError(f"{path / TRAIN_STATE} is missing: not a complete training "
-                              f"checkpoint{earlier_checkpoint_hint(path)}")
-    if not path.is_dir():
-        raise CheckpointError(not_a_checkpoint(path))
-    steps = [p for p in sorted((path / "checkpoints").glob("step_*")) if is_checkpoint(p)]
-    if steps:
-        return steps[-1]
-    best = resolve_named(path / "checkpoints" / "best")
-    if best is not None:
-        raise CheckpointError(f"{path} has no step_* checkpoint left, only checkpoints/best; "
-                              f"resume from it with --resume {path / 'checkpoints' / 'best'}")
-    if is_run_directory(path):
-        raise CheckpointError(f"{path} holds no completed checkpoint (the run stopped before its "
-                              f"first save): nothing to resume; start it over with --config "
-                              f"{path / 'config.yaml'} --out {path} --restart")
-    raise CheckpointError(not_a_checkpoint(path))
-
-
-def _listed_in_manifest(ckpt: Path, name: str) -> bool:
-    try:
-        return name in json.loads((ckpt / MANIFEST_FILE).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-def is_run_directory(path: Path) -> bool:
-    """Whether `path` looks like a run's directory (with or without a checkpoint yet)."""
-    return (path / "config.yaml").is_file() and ((path / "metrics.jsonl").is_file()
-                                                 or (path / "checkpoints").is_dir()
-                                                 or (path / "data").is_dir())
-
-
-_STATE_COUNTS = ("step", "samples_seen", "skipped_steps", "bad_steps_in_row")
-
-
 def read_train_state(ckpt: Path) -> TrainState:
-    """A checkpoint's train_state.json, checked as a config is: every key, of its type, in
-    its range, and the step the checkpoint's name says. An edit or damage is one error
-    naming the file and the checkpoint to use instead, never a run that goes on from the
-    wrong place."""
-    path = ckpt / TRAIN_STATE
-    hint = earlier_checkpoint_hint(ckpt)
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing: not a complete training checkpoint{hint}")
-    try:
-        raw = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is damaged ({e}){hint}") from None
-    names = [f.name for f in dataclass_fields(TrainState)]
-    if not isinstance(raw, dict) or set(raw) != set(names):
-        got = ", ".join(sorted(raw)) if isinstance(raw, dict) else type(raw).__name__
-        raise CheckpointError(f"{path} is damaged: it must hold {', '.join(names)} (it holds "
-                              f"{got or 'nothing'}){hint}")
-    def bad(key: str, need: str):
-        return CheckpointError(f"{path}: {key} must be {need}, got {raw[key]!r}{hint}")
-    for key in _STATE_COUNTS:
-        if not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 0:
-            raise bad(key, "an integer >= 0")
-    tokens, best = raw["tokens_seen"], raw["best_val_loss"]
-    if not isinstance(tokens, (int, float)) or isinstance(tokens, bool) or not 0 <= tokens < math.inf:
-        raise bad("tokens_seen", "a number >= 0")
-    if not isinstance(best, (int, float)) or isinstance(best, bool) or math.isnan(best):
-        raise bad("best_val_loss", "a number (Infinity before the first evaluation)")
-    if raw["skipped_steps"] > raw["step"] or raw["bad_steps_in_row"] > raw["skipped_steps"]:
-        raise bad("skipped_steps", f"at most step={raw['step']} (and bad_steps_in_row at most it)")
-    named = step_of(ckpt)
-    if named is not None and raw["step"] != named:
-        raise CheckpointError(f"{path} says step {raw['step']} but the checkpoint is {ckpt.name}: "
-                              f"the file was edited or belongs elsewhere{hint}")
-    return TrainState(**raw)
+    """A checkpoint's train_state.json, checked as a config is (run_files.checked_train_state)."""
+    return TrainState(**checked_train_state(ckpt, [f.name for f in dataclass_fields(TrainState)]))
 
 
 def flatten_micro_batches(micro: list) -> dict[str, np.ndarray]:
