@@ -21,3 +21,8 @@ class CheckpointError(ValueError):
 class DependencyError(ValueError):
     """An optional dependency that a command needs is not installed; the message names
     what to install (the pip extra, a system package)."""
+
+
+class StorageError(CheckpointError):
+    """A write the disk refused (full, read-only, over quota); the message names the file
+    and what was kept. A CheckpointError, so every command reports it as one line."""

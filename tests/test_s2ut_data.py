@@ -201,6 +201,33 @@ def test_cmvn_matches_numpy_over_all_training_frames(corpus, tmp_path):
     np.testing.assert_allclose(fit_cmvn(corpus.train, path).mean, first.mean + 1)
 
 
+def test_damaged_caches_are_recomputed(corpus, corpus_dir, tmp_path):
+    """A feature file, the CMVN statistics or a trained tokenizer cut short or garbled (a
+    power loss, a full disk) is computed again, never read as data."""
+    utt = corpus.train.utterances[2]
+    cache = FeatureCache(tmp_path / "fb")
+    key = cache.key(utt)
+    expected = cache.features(utt, key)
+    for garbage in (b"", b"\x93NUMPY garbage", (tmp_path / "fb" / f"{key}.npy").read_bytes()[:200]):
+        (tmp_path / "fb" / f"{key}.npy").write_bytes(garbage)
+        np.testing.assert_array_equal(FeatureCache(tmp_path / "fb").features(utt, key), expected)
+    path = tmp_path / "cmvn.npz"
+    fit_cmvn(corpus.train, path)
+    for garbage in (b"garbage", path.read_bytes()[:100]):
+        path.write_bytes(garbage)
+        np.testing.assert_allclose(fit_cmvn(corpus.train, path).mean, corpus.cmvn.mean)
+    with np.load(path) as z:    # NaN statistics under the right key: fitted again
+        np.savez(path, mean=z["mean"] * np.nan, std=z["std"], count=z["count"], key=z["key"])
+    np.testing.assert_allclose(fit_cmvn(corpus.train, path).mean, corpus.cmvn.mean)
+    data = tmp_path / "data"
+    S2UTCorpus(data_config(corpus_dir), 24, 24, 50, data, log=lambda _: None)
+    pieces = (data / "src_tokenizer.model").read_bytes()
+    (data / "src_tokenizer.model").write_bytes(pieces[:50])
+    again = S2UTCorpus(data_config(corpus_dir), 24, 24, 50, data, log=lambda _: None)
+    assert again.src_tokenizer.get_piece_size() == 24
+    assert not [p.name for p in data.rglob(".*")]     # no temporaries left
+
+
 # ------------------------------------------------------------------ batches
 def test_collate_pads_and_shifts_bos_eos():
     examples = [{"features": np.ones((5, 80), np.float32), "src": np.array([7, 8], np.int32),

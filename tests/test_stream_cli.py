@@ -63,6 +63,7 @@ def test_the_checkpoint_sets_the_sample_rate(checkpoint, tmp_path):
     config = yaml.safe_load((ckpt / "config.yaml").read_text())
     config["data"]["sample_rate"] = 8000
     (ckpt / "config.yaml").write_text(yaml.safe_dump(config))
+    (ckpt / "manifest.json").unlink()   # a deliberate edit: the hash check would refuse it
     speech = tmp_path / "speech8k.wav"
     sf.write(str(speech), 0.1 * np.random.default_rng(0).standard_normal(8000).astype(np.float32), 8000)
     r = run("torch_models.stream", "--checkpoint", str(ckpt), str(speech), "--json", str(tmp_path / "r.json"))

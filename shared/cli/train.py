@@ -32,6 +32,10 @@ def parser(backend: str) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar: a plain line every train.log_every steps (the default "
                         "when stderr is not a terminal: a log file, a scheduler, CI)")
+    p.add_argument("--restart", action="store_true",
+                   help="start the run in --out over from step 0 when it saved no checkpoint "
+                        "(it was stopped before its first save); its earlier metrics.jsonl is "
+                        "kept as metrics.jsonl.1 (.2, ...)")
     p.add_argument("--force", action="store_true",
                    help="train even when the memory plan says the config does not fit "
                         "hardware.device (by default such a run stops before any work)")
@@ -50,6 +54,10 @@ def main(backend: str, trainer, argv=None) -> int:
 
 def _saved_config(ckpt: Path) -> dict:
     import yaml
+
+    from shared.engine.checkpoint import verify_checkpoint
+
+    verify_checkpoint(ckpt)     # an edited config.yaml is named as such, before it is read
 
     try:
         raw = yaml.safe_load((ckpt / "config.yaml").read_text())
@@ -80,13 +88,22 @@ def run_directory(args, backend: str, ckpt: Path | None) -> Path:
     else:
         name = Path(args.config).stem if args.config else "tiny"
         out = Path(args.out) if args.out else Path("runs") / f"{name}-{backend}"
-    checkpoints, metrics = out / "checkpoints", out / "metrics.jsonl"
-    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+    from shared.engine.checkpoint import completed_checkpoints
+
+    metrics = out / "metrics.jsonl"
+    if completed_checkpoints(out):
         raise ConfigError(f"{out} already holds a run's checkpoints; pass --resume {out} to "
                           f"continue that run, or --out NEW_DIR")
     if metrics.is_file() and metrics.stat().st_size:
-        raise ConfigError(f"{out} holds {metrics.name} from a run that saved no checkpoint; "
-                          f"delete it to start over there, or pass --out NEW_DIR")
+        if not getattr(args, "restart", False):
+            raise ConfigError(f"{out} holds {metrics.name} from a run that saved no checkpoint; "
+                              f"pass --restart to start it over there (its metrics are kept "
+                              f"aside), or --out NEW_DIR")
+        kept = next(metrics.with_name(f"{metrics.name}.{n}") for n in range(1, 10**6)
+                    if not metrics.with_name(f"{metrics.name}.{n}").exists())
+        metrics.rename(kept)
+        print(f"--restart: {out} starts over from step 0; its earlier metrics are in {kept}",
+              file=sys.stderr)
     return out
 
 
@@ -94,7 +111,13 @@ def train(args, backend: str, trainer) -> None:
     """`trainer`: a Trainer class or a function returning one (see main)."""
     from shared.engine.train_loop import Run, find_checkpoint
 
-    ckpt = find_checkpoint(args.resume) if args.resume else None
+    try:
+        ckpt = find_checkpoint(args.resume) if args.resume else None
+    except CheckpointError as e:
+        # The one command that starts such a run over, with this backend's own module.
+        raise CheckpointError(str(e).replace("start it over with --config",
+                                             f"start it over with: python -m {backend}_models.train "
+                                             f"--config")) from None
     if ckpt is not None and not args.config:
         config = config_from_dict(_saved_config(ckpt), args.overrides)
     else:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from shared.engine.durable import atomic_write, atomic_write_bytes, sha256_file, temp_path
 from shared.errors import ConfigError, DataError
 
 
@@ -100,7 +102,7 @@ def train_tokenizer(paragraphs: list[str], vocab_size: int, model_type: str,
     if sum(len(p) for p in paragraphs) == 0:
         raise DataError("the training corpus is empty; point data.train_files at text files")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_prefix = out_path.with_name(out_path.stem + ".tmp")
+    tmp_prefix = temp_path(out_path)   # a hidden name the next start removes after a kill
     coverage = character_coverage(paragraphs, vocab_size)
     try:
         spm.SentencePieceTrainer.train(
@@ -116,7 +118,8 @@ def train_tokenizer(paragraphs: list[str], vocab_size: int, model_type: str,
         raise DataError(f"model.vocab_size={vocab_size} is too small for a tokenizer of this "
                         f"text: its common characters alone need {need.group(2)} pieces; set "
                         f"model.vocab_size to at least {int(need.group(2)) + 64}") from None
-    Path(f"{tmp_prefix}.model").replace(out_path)
+    atomic_write_bytes(out_path, Path(f"{tmp_prefix}.model").read_bytes())
+    Path(f"{tmp_prefix}.model").unlink(missing_ok=True)
     Path(f"{tmp_prefix}.vocab").unlink(missing_ok=True)
     return out_path
 
@@ -167,8 +170,7 @@ def token_stream(paragraphs: list[str], sp) -> np.ndarray:
 def tokenize_corpus(paragraphs: list[str], sp, path: Path) -> np.ndarray:
     """Encode paragraphs as one stream (BOS ... EOS per paragraph) into a flat file."""
     stream = token_stream(paragraphs, sp)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stream.tofile(path)
+    atomic_write(path, stream.tofile)
     return stream
 
 
@@ -177,31 +179,64 @@ def open_tokens(path: Path, dtype) -> np.ndarray:
 
 
 def fingerprint(files: list[str | Path], extra: str = "") -> str:
+    """A key of the files' contents (not their paths or times: a copied corpus keeps it)."""
     h = hashlib.sha256(extra.encode())
     for f in files:
-        p = Path(f)
-        h.update(str(p.resolve()).encode())
-        h.update(str(p.stat().st_size).encode())
-        h.update(str(p.stat().st_mtime_ns).encode())
+        h.update(f"{Path(f).stat().st_size}:{sha256_file(Path(f))}".encode())
     return h.hexdigest()[:16]
+
+
+def _file_record(path: Path) -> dict:
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def _cache_problem(cache: Path, index: dict) -> str | None:
+    """Why the cache's files are not the ones its index.json recorded, or None."""
+    files = index.get("files")
+    if not isinstance(files, dict) or not files:
+        return "index.json records no file hashes (an older cache)"
+    for name, record in files.items():
+        path = cache / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if not isinstance(record, dict) or path.stat().st_size != record.get("bytes"):
+            return f"{path} is not the size it was written with (cut short or changed)"
+        if sha256_file(path) != record.get("sha256"):
+            return f"{path} differs from the file written (damaged or changed)"
+    return None
 
 
 class LMDataset:
     """Tokenizer plus train/val token streams for a run, built once into `cache_dir`
-    and reused while the sources and settings are unchanged."""
+    and reused while the sources and settings are unchanged.
+
+    cache_dir/index.json records the key of the sources (their contents and the settings)
+    and the size and sha256 of every file built; a cache whose sources changed, or whose
+    files no longer match (a kill, a truncated or zeroed train.bin), is rebuilt. It holds
+    no absolute path: a moved or copied run directory reads its own cache, never the
+    original's."""
 
     def __init__(self, data_cfg, vocab_size: int, cache_dir: str | Path):
         cache = Path(cache_dir)
         train_files = list(data_cfg.train_files) or builtin_corpus_files()
         val_files = list(data_cfg.val_files)
         check_files(train_files + val_files)
-        key = fingerprint(train_files + val_files,
-                          f"{vocab_size}|{data_cfg.tokenizer}|{data_cfg.tokenizer_type}|"
-                          f"{data_cfg.val_fraction}|{data_cfg.seed}")
+        given_tokenizer = [data_cfg.tokenizer] if data_cfg.tokenizer else []
+        key = fingerprint(train_files + val_files + given_tokenizer,
+                          f"{len(train_files)}|{vocab_size}|{data_cfg.tokenizer}|"
+                          f"{data_cfg.tokenizer_type}|{data_cfg.val_fraction}|{data_cfg.seed}")
         index_path = cache / "index.json"
-        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        try:
+            index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        except (ValueError, UnicodeDecodeError):
+            index = {}      # damaged: rebuilt below
+        if not isinstance(index, dict):
+            index = {}
         tok_path = Path(data_cfg.tokenizer) if data_cfg.tokenizer else cache / "tokenizer.model"
-        if index.get("key") != key or not (cache / "train.bin").is_file():
+        problem = _cache_problem(cache, index) if index.get("key") == key else None
+        if problem:
+            print(f"data: rebuilding the token cache in {cache}: {problem}", file=sys.stderr)
+        if index.get("key") != key or problem:
             train_text = read_paragraphs(train_files)
             if val_files:
                 val_text = read_paragraphs(val_files)
@@ -214,12 +249,15 @@ class LMDataset:
             sp = load_tokenizer(tok_path, vocab_size)
             train = tokenize_corpus(train_text, sp, cache / "train.bin")
             val = tokenize_corpus(val_text, sp, cache / "val.bin")
-            index = {"key": key, "tokenizer": str(tok_path), "dtype": np.dtype(train.dtype).name,
+            built = ["train.bin", "val.bin"] + ([] if data_cfg.tokenizer else ["tokenizer.model"])
+            index = {"key": key, "dtype": np.dtype(train.dtype).name,
                      "vocab_size": sp.get_piece_size(), "train_tokens": int(train.size),
                      "val_tokens": int(val.size), "train_files": [str(f) for f in train_files],
-                     "val_files": [str(f) for f in val_files]}
-            index_path.write_text(json.dumps(index, indent=1, ensure_ascii=False))
-        self.tokenizer_path = Path(index["tokenizer"])
+                     "val_files": [str(f) for f in val_files],
+                     "files": {name: _file_record(cache / name) for name in built}}
+            # Written last: it vouches for the files above.
+            atomic_write_bytes(index_path, json.dumps(index, indent=1, ensure_ascii=False).encode())
+        self.tokenizer_path = tok_path
         self.tokenizer = load_tokenizer(self.tokenizer_path, vocab_size)
         self.train = open_tokens(cache / "train.bin", index["dtype"])
         self.val = open_tokens(cache / "val.bin", index["dtype"])

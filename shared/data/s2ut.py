@@ -38,10 +38,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
+import shutil
 import sys
-import threading
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -52,6 +52,7 @@ import soundfile as sf
 from shared.audio.fbank import CMVN, FbankOptions, SpecAugment, fbank, num_frames
 from shared.audio.files import resample, resampled_length
 from shared.data.lm_text import load_tokenizer
+from shared.engine.durable import atomic_write, atomic_write_bytes, remove_leftovers, sha256_file, temp_path
 from shared.errors import ConfigError, DataError
 from shared.specs.echostream import BLANK, BOS, EOS, PAD, UNK, unit_id  # noqa: F401
 
@@ -257,7 +258,7 @@ def train_sentencepiece(texts: list[str], vocab_size: int, out_path: Path, vocab
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_prefix = out_path.with_name(f"{out_path.stem}.tmp{os.getpid()}")
+    tmp_prefix = temp_path(out_path)   # a hidden name the next start removes after a kill
     # Small alphabets (speech transcripts) keep every character; large ones (CJK) leave
     # the rarest 0.05 % to <unk>, SentencePiece's recommendation.
     coverage = 1.0 if len(set("".join(texts))) <= 1000 else 0.9995
@@ -280,7 +281,8 @@ def train_sentencepiece(texts: list[str], vocab_size: int, out_path: Path, vocab
                             f"and the 4 special pieces alone need {too_low.group(2)}; set "
                             f"{vocab_key} to at least {too_low.group(2)}") from None
         raise
-    Path(f"{tmp_prefix}.model").replace(out_path)
+    atomic_write_bytes(out_path, Path(f"{tmp_prefix}.model").read_bytes())
+    Path(f"{tmp_prefix}.model").unlink(missing_ok=True)
     Path(f"{tmp_prefix}.vocab").unlink(missing_ok=True)
     return out_path
 
@@ -307,10 +309,13 @@ def tokenizer_for(given: str, texts: list[str], vocab_size: int, cache_path: Pat
     else:
         path = Path(cache_path)
         key = text_key(vocab_size, *texts)
+        # The key file (written after the model) holds the texts' key and the model's
+        # sha256: a model that was cut short or changed is trained again.
         key_file = path.with_suffix(".key")
-        if not (path.is_file() and key_file.is_file() and key_file.read_text() == key):
+        recorded = key_file.read_text().split() if key_file.is_file() else []
+        if not (path.is_file() and recorded == [key, sha256_file(path)]):
             train_sentencepiece(texts, vocab_size, path, vocab_key, what)
-            key_file.write_text(key)
+            atomic_write_bytes(key_file, f"{key} {sha256_file(path)}".encode())
     sp = load_tokenizer(path, fix=f"fix {setting} or leave it empty to train one")
     check_tokenizer(sp, path, vocab_size, vocab_key)
     return sp, path
@@ -342,6 +347,7 @@ class FeatureCache:
         self._memory: dict[str, np.ndarray] = {}
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
+            remove_leftovers(self.folder)   # temporaries of a killed run
 
     def key(self, utt: Utterance) -> str:
         stat = utt.audio.stat()
@@ -358,12 +364,16 @@ class FeatureCache:
             return self._memory[key]
         path = self.folder / f"{key}.npy"
         if path.is_file():
-            return np.load(path)
+            try:
+                feats = np.load(path, allow_pickle=False)
+                if feats.ndim == 2 and feats.shape[1] == self.opts.num_mel_bins and np.isfinite(feats).all():
+                    return feats
+            except (ValueError, OSError, EOFError):
+                pass        # damaged (a power loss): computed again below
         feats = fbank(load_audio(utt), utt.sample_rate, self.opts)
-        # unique temporary name: the training batch thread and evaluation may race
-        tmp = path.with_name(f"{key}.{os.getpid()}.{threading.get_ident()}.tmp.npy")
-        np.save(tmp, feats)
-        tmp.replace(path)
+        # A per-process-and-thread temporary (the batch thread and evaluation may race),
+        # renamed into place; not fsync'd: a cache file lost to a power loss is recomputed.
+        atomic_write(path, lambda f: np.save(f, feats), durable=False)
         return feats
 
 
@@ -541,8 +551,16 @@ def cmvn_to_bytes(cmvn: CMVN) -> bytes:
 
 
 def cmvn_from_file(path: str | Path) -> CMVN:
-    with np.load(path) as z:
-        return CMVN(z["mean"], z["std"], int(z["count"]))
+    """CMVN statistics saved by cmvn_to_bytes; a damaged file is a DataError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            cmvn = CMVN(z["mean"], z["std"], int(z["count"]))
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path} is not readable CMVN statistics ({e}); use another "
+                        f"checkpoint") from None
+    if not (np.isfinite(cmvn.mean).all() and np.isfinite(cmvn.std).all()):
+        raise DataError(f"{path} holds non-finite CMVN statistics (damaged); use another checkpoint")
+    return cmvn
 
 
 def fit_cmvn(dataset: S2UTDataset, cache_path: Path | None = None) -> CMVN:
@@ -550,15 +568,18 @@ def fit_cmvn(dataset: S2UTDataset, cache_path: Path | None = None) -> CMVN:
     training utterances (audio files and fbank options) are unchanged."""
     key = text_key(*dataset.keys)
     if cache_path is not None and Path(cache_path).is_file():
-        with np.load(cache_path) as z:
-            if "key" in z and str(z["key"]) == key:
-                return CMVN(z["mean"], z["std"], int(z["count"]))
+        try:
+            with np.load(cache_path, allow_pickle=False) as z:
+                if "key" in z and str(z["key"]) == key:
+                    cached = CMVN(z["mean"], z["std"], int(z["count"]))
+                    if np.isfinite(cached.mean).all() and np.isfinite(cached.std).all():
+                        return cached
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile):
+            pass            # damaged: fitted again below
     cmvn = CMVN.fit(dataset.features(i) for i in range(len(dataset)))
     if cache_path is not None:
-        Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(cache_path).with_name(f"cmvn.{os.getpid()}.tmp.npz")
-        np.savez(tmp, mean=cmvn.mean, std=cmvn.std, count=np.int64(cmvn.count), key=key)
-        tmp.replace(cache_path)
+        atomic_write(cache_path, lambda f: np.savez(f, mean=cmvn.mean, std=cmvn.std,
+                                                    count=np.int64(cmvn.count), key=key))
     return cmvn
 
 
@@ -570,6 +591,7 @@ def demo_corpus(root: Path, data_cfg, n_units: int) -> tuple[Path, Path]:
     root = Path(root)
     if not (root / "dev.tsv").is_file():
         tmp = root.with_name(root.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)      # left by a killed run
         generate(tmp, train=data_cfg.synth_train_utterances, dev=data_cfg.synth_dev_utterances,
                  min_seconds=data_cfg.synth_min_seconds, max_seconds=data_cfg.synth_max_seconds,
                  n_units=n_units, seed=data_cfg.seed)

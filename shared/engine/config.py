@@ -176,6 +176,9 @@ def _build(cls, values: dict, section: str):
         raise ConfigError(str(e)) from None
 
 
+build_section = _build   # a checkpoint's model section is checked as a user's is
+
+
 def parse_override(text: str) -> tuple[str, str, object]:
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ConfigError(f"override {text!r} must look like section.key=value, e.g. train.batch_size=4")

@@ -35,6 +35,31 @@ def same_data_file(name: str, a: bytes, b: bytes) -> bool:
     return a == b
 
 
+def data_file_problem(name: str, content: bytes) -> str | None:
+    """What is wrong with a checkpoint's data file (a tokenizer, CMVN statistics), or None:
+    one that cannot be read, or holds non-finite numbers, must be named as damaged, not
+    compared (NaN never equals itself) and reported as "different data"."""
+    import io
+    import zipfile
+
+    if name.endswith(".model"):
+        import sentencepiece as spm
+        try:
+            spm.SentencePieceProcessor(model_proto=content)
+        except (RuntimeError, TypeError, ValueError) as e:
+            return f"not a SentencePiece model: {str(e).splitlines()[0] if str(e) else e}"
+    elif name.endswith(".npz"):
+        try:
+            with np.load(io.BytesIO(content), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            return f"not a numpy .npz archive: {e}"
+        for key, array in arrays.items():
+            if array.dtype.kind in "fc" and not np.isfinite(array).all():
+                return f"{key} holds non-finite values"
+    return None
+
+
 def make_task(config, out_dir: Path, rank: int = 0, world_size: int = 1):
     """The config's family's Task (shared/registry.py), for this rank's share of the data."""
     return get_family(config.family).task(config, Path(out_dir), rank, world_size)

@@ -15,7 +15,7 @@ A run directory:
     RUN/metrics.jsonl        one JSON object per logged step or evaluation
     RUN/data/                tokenizer and token files (built on first use)
     RUN/checkpoints/step_00000100/  model.safetensors, config.yaml, trainer_state.safetensors,
-                             train_state.json, tokenizer.model
+                             train_state.json, tokenizer.model, manifest.json (hashes)
     RUN/checkpoints/best/    the checkpoint with the lowest validation loss
     RUN/tensorboard/, RUN/wandb/, RUN/tracking.json   with train.report_to (shared/engine/tracking.py)
 """
@@ -23,28 +23,34 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from shared.data.loader import prefetch
-from shared.engine.checkpoint import load_safetensors, open_checkpoint, save_checkpoint
+from shared.engine.checkpoint import (completed_checkpoints, earlier_checkpoint_hint,
+                                      load_safetensors, open_checkpoint, recover_checkpoints,
+                                      save_checkpoint, step_of)
+from shared.engine.durable import (append_line, atomic_write_bytes, fsync_file, remove_leftovers,
+                                   temp_path, write_point)
 from shared.engine.config import RunConfig
+from shared.engine.run_files import TRAIN_STATE, checked_train_state, find_checkpoint  # noqa: F401
 from shared.engine.schedule import lr_at
-from shared.engine.tasks import make_task, same_data_file
+from shared.engine.tasks import data_file_problem, make_task, same_data_file
 from shared.engine.tracking import Tracker, check_installed
-from shared.errors import CheckpointError, ConfigError
+from shared.errors import CheckpointError, ConfigError, StorageError
 from shared.registry import get_family
 
 TRAINER_STATE = "trainer_state.safetensors"
 UNIT_LABELS = {"tokens": "tok/s", "audio_s": "audio s/s"}     # the progress bar's throughput
-TRAIN_STATE = "train_state.json"
 
 
 @dataclass
@@ -57,16 +63,9 @@ class TrainState:
     bad_steps_in_row: int = 0
 
 
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory (its newest checkpoint)."""
-    path = Path(path)
-    if (path / TRAIN_STATE).is_file():
-        return path
-    steps = sorted((path / "checkpoints").glob("step_*")) if path.is_dir() else []
-    if not steps:
-        raise CheckpointError(f"{path} is neither a training checkpoint nor a run directory "
-                              f"with checkpoints/step_*; pass --resume RUN_DIR or a checkpoint")
-    return steps[-1]
+def read_train_state(ckpt: Path) -> TrainState:
+    """A checkpoint's train_state.json, checked as a config is (run_files.checked_train_state)."""
+    return TrainState(**checked_train_state(ckpt, [f.name for f in dataclass_fields(TrainState)]))
 
 
 def flatten_micro_batches(micro: list) -> dict[str, np.ndarray]:
@@ -199,6 +198,8 @@ class Run:
         tc = config.train
         check_installed(tc.report_to)   # before anything of the run is created or changed
         self.tracker = Tracker()        # the sinks open when training starts
+        if self.writes_metrics:
+            self._tidy_after_kill()
         if resume is not None:  # checked before any data is built
             ckpt = find_checkpoint(resume)
             weights = _resumable_weights(ckpt, config)
@@ -215,18 +216,24 @@ class Run:
         elif tc.init_from:
             self.log(f"starting from the weights of {tc.init_from}"
                      + (f" (kept at their initial values: {', '.join(tc.init_exclude)})" if tc.init_exclude else ""))
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        if rank == 0:
+            atomic_write_bytes(self.out / "config.yaml",
+                               yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
         self._interrupted = False
+
+    def _tidy_after_kill(self) -> None:
+        """What a killed run left: temporary files and checkpoint folders, and a checkpoint
+        whose replacement was interrupted (kept under its previous name, put back here)."""
+        done = recover_checkpoints(self.out / "checkpoints")
+        for folder in (self.out, self.out / "data"):
+            done += [f"removed {p.name} (a write that never finished)" for p in remove_leftovers(folder)]
+        for line in done:
+            self.log(f"{self.out}: {line}")
 
     # ------------------------------------------------------------------ checkpoints
     def _restore(self, ckpt: Path) -> None:
         """Everything is checked before anything of the run (its metrics) is changed."""
-        try:
-            state = TrainState(**json.loads((ckpt / TRAIN_STATE).read_text()))
-        except (ValueError, TypeError) as e:
-            raise CheckpointError(f"{ckpt / TRAIN_STATE} is damaged ({e}); resume from another "
-                                  f"checkpoint of the run") from None
+        state = read_train_state(ckpt)
         max_steps = self.config.train.max_steps
         if state.step >= max_steps:
             raise ConfigError(f"{ckpt} is at step {state.step} and train.max_steps is {max_steps}: "
@@ -248,7 +255,12 @@ class Run:
         settings = self.task.file_settings
         for name, content in self.task.checkpoint_files().items():
             saved = ckpt / name
-            if saved.is_file() and not same_data_file(name, saved.read_bytes(), content):
+            if not saved.is_file():
+                continue
+            problem = data_file_problem(name, saved.read_bytes())
+            if problem:
+                raise CheckpointError(f"{saved} is damaged ({problem}){earlier_checkpoint_hint(ckpt)}")
+            if not same_data_file(name, saved.read_bytes(), content):
                 keep = (f", or keep the checkpoint's: copy {saved} out of the checkpoint and set "
                         f"{settings[name]} to the copy") if name in settings else ""
                 raise CheckpointError(f"this run's data give a different {name} than the one "
@@ -259,8 +271,11 @@ class Run:
         """Rows logged after the checkpoint we resume from will be logged again."""
         path = self.out / "metrics.jsonl"
         if path.is_file():
-            rows = [r for r in path.read_text().splitlines() if _row_step(r) <= step]
-            path.write_text("".join(r + "\n" for r in rows))
+            lines = path.read_text().splitlines()
+            rows = [r for r in lines if _row_step(r) <= step]
+            if rows != lines:   # a new file renamed over the old: a kill keeps one or the other
+                atomic_write_bytes(path, "".join(r + "\n" for r in rows).encode(),
+                                   f"rewriting {path.name} up to step {step}")
 
     def save(self, name: str) -> Path:
         """Write a checkpoint atomically; a failure leaves earlier checkpoints intact."""
@@ -268,15 +283,57 @@ class Run:
         tensors |= {f"rng.{k}": v for k, v in self.trainer.rng_state().items()}
         extra = {TRAINER_STATE: tensors, TRAIN_STATE: json.dumps(asdict(self.state)).encode(),
                  **self.task.checkpoint_files()}
-        path = save_checkpoint(self.out / "checkpoints" / name, self.trainer.get_weights(),
-                               self.config.to_dict(), extra_files=extra)
+        weights = self.trainer.get_weights()
+        metrics = self.out / "metrics.jsonl"
+        if metrics.is_file():   # the rows this checkpoint covers survive a power loss with it
+            fsync_file(metrics)
+        target = self.out / "checkpoints" / name
+        try:
+            self._check_free_space(target, [weights, tensors, *extra.values()])
+            path = save_checkpoint(target, weights, self.config.to_dict(), extra_files=extra)
+        except StorageError as e:
+            raise self._stopped(e) from None
         self._prune()
         return path
+
+    def _stopped(self, error: StorageError) -> StorageError:
+        """A refused write, with where the run stopped and how it goes on."""
+        kept = completed_checkpoints(self.out)
+        steps = [p.name for p in kept if step_of(p) is not None]
+        if steps:
+            again = (f"continue from its last checkpoint, {steps[-1]}, with --resume {self.out} "
+                     f"once there is room")
+        elif kept:
+            again = f"continue with --resume {kept[-1]} once there is room"
+        else:
+            again = "no checkpoint of it was saved yet"
+        return StorageError(f"{error}; training stopped at step {self.state.step}: {again}")
+
+    def _check_free_space(self, target: Path, contents: list) -> None:
+        """Stop before a checkpoint write that cannot fit: the arrays and bytes it holds,
+        with a margin for the file headers (a full disk mid-write is caught too, by
+        write_directory, but this says it before any work)."""
+        def size(x) -> int:
+            if isinstance(x, dict):
+                return sum(np.asarray(v).nbytes for v in x.values())
+            return len(x)
+        needed = int(sum(size(c) for c in contents) * 1.05) + (1 << 20)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(target.parent).free
+        if free < needed:
+            raise StorageError(f"not enough space for checkpoint {target}: it needs about "
+                               f"{needed / 1e6:.0f} MB and {target.parent} has {free / 1e6:.0f} MB "
+                               f"free; free some space")
 
     def _prune(self) -> None:
         steps = sorted((self.out / "checkpoints").glob("step_*"))
         for old in steps[:-self.config.train.keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            # Renamed to a temporary name first: a kill mid-removal leaves no half checkpoint
+            # under a checkpoint's name (the next start removes the rest).
+            write_point(f"removing {old.name}")
+            doomed = temp_path(old)
+            os.replace(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
 
     def _check_memory_plan(self, backend: str, force: bool) -> tuple[float | None, str]:
         """What the planner expects (python -m shared.plan): (predicted peak, the line that
@@ -323,11 +380,14 @@ class Run:
 
     def record(self, row: dict) -> None:
         if self.writes_metrics:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                # A non-finite loss is written as null: NaN is not JSON.
-                row = {k: None if isinstance(v, float) and not math.isfinite(v) else v
-                       for k, v in row.items()}
-                f.write(json.dumps(row) + "\n")
+            # A non-finite loss is written as null: NaN is not JSON.
+            row = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                   for k, v in row.items()}
+            self.out.mkdir(parents=True, exist_ok=True)
+            try:
+                append_line(self.out / "metrics.jsonl", json.dumps(row))
+            except StorageError as e:
+                raise self._stopped(e) from None
             self.tracker.log_row(row)
 
     def memory_gb(self) -> tuple[float, float]:

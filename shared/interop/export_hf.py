@@ -52,7 +52,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, dtype: str = "float32",
     hf_weights = cast_weights(to_hf_weights(weights, spec, f"checkpoint {checkpoint}"), dtype)
 
     files[HF_WEIGHTS_FILE] = hf_weights
-    write_directory(out_dir, files)
+    write_directory(out_dir, files, manifest=False)   # a plain Hugging Face folder
     return out_dir
 
 

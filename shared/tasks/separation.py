@@ -2,6 +2,7 @@
 (shared/data/musdb.py), evaluated by validation loss and SDR on whole tracks."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,7 @@ def demo_dataset(root: Path, d) -> Path:
 
     if not (root / "train").is_dir():
         tmp = root.with_name(root.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)      # left by a killed run
         generate(tmp, tracks=d.synth_tracks, test_tracks=2, valid_tracks=2,
                  seconds=d.synth_seconds, sample_rate=d.sample_rate, seed=d.seed)
         tmp.rename(root)
