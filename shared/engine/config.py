@@ -10,6 +10,7 @@ from the command line are parsed as YAML scalars and applied before validation.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -18,6 +19,8 @@ from pathlib import Path
 import yaml
 
 from shared.errors import ConfigError, SpecError
+from shared import ranges as R
+from shared.ranges import out_of_range
 from shared.registry import get_family, import_family_module
 
 
@@ -52,6 +55,20 @@ class TrainConfig:
     # "output.*") kept at their initial values.
     init_from: str = ""
     init_exclude: list[str] = field(default_factory=list)
+
+    # Valid ranges (shared/ranges.py); cross-key rules (min_lr <= learning_rate) in validate.
+    RANGES = {
+        "seed": R.SEED, "batch_size": R.at_least(1, 1 << 16),
+        "gradient_accumulation_steps": R.at_least(1, 1 << 16),
+        "seq_length": R.at_least(0, R.MAX_SEQ), "max_steps": R.at_least(1, R.MAX_STEPS),
+        "learning_rate": R.positive(), "min_lr": R.at_least(0.0),
+        "warmup_steps": R.at_least(0, R.MAX_STEPS), "weight_decay": R.at_least(0.0),
+        "beta1": R.FRACTION, "beta2": R.FRACTION, "eps": R.EPS,
+        "max_grad_norm": R.at_least(0.0), "cpu_streams": R.at_least(0, 1024),
+        "log_every": R.at_least(1, R.MAX_STEPS), "eval_every": R.at_least(1, R.MAX_STEPS),
+        "eval_batches": R.at_least(1, 100_000), "save_every": R.at_least(1, R.MAX_STEPS),
+        "keep_last": R.at_least(1, 1_000_000), "max_bad_steps": R.at_least(1, 1_000_000),
+    }
 
     def validate(self):
         for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "log_every",
@@ -124,11 +141,19 @@ def _coerce(value, annotation, where: str):
     hint = typing.get_origin(annotation) or annotation
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint is float and isinstance(value, str):
+    if hint in (float, int) and isinstance(value, str):
         try:    # YAML 1.1 reads 1e-4 (no dot) as a string
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+        else:
+            if hint is float:
+                return value
+    if hint is int and isinstance(value, float):
+        # 1e3, 1.0e+3: an integral float is that integer; 2.5 is not an integer.
+        if math.isfinite(value) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
     if hint is tuple:  # e.g. tuple[int, int]: YAML gives a list
         kinds = [k for k in typing.get_args(annotation) if k is not Ellipsis]
         if not isinstance(value, (list, tuple)) or (Ellipsis not in typing.get_args(annotation)
@@ -160,6 +185,10 @@ def _build(cls, values: dict, section: str):
         if key not in known:
             raise ConfigError(f"unknown key {section}.{key}{_did_you_mean(key, known)}")
         kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+    # Before the dataclass is built: a huge value could hang its own checks (shared/ranges.py).
+    problem = out_of_range(cls, kwargs, section)
+    if problem:
+        raise ConfigError(problem)
     try:
         return cls(**kwargs)
     except SpecError as e:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared import ranges as R
 from shared.specs.base import (BIAS, CONV1D, LINEAR, NORM, OTHER, ParamSpec, SpecError, check_int,
                                count_params, torch_default_init)
 from shared.specs.tflocoformer import LOSSES, SOURCES, check_separation_training  # noqa: F401  (same stems, same objectives)
@@ -87,6 +88,18 @@ class BandSplitSpec:
     dropout: float = 0.0
     loss: str = "l1_mrstft"                  # training objective, see LOSSES
     mrstft_weight: float = 1.0
+
+    RANGES = {  # shared/ranges.py; the rules between keys in __post_init__
+        "n_fft": R.at_least(2, R.MAX_FFT), "hop": R.at_least(1, R.MAX_FFT),
+        "audio_channels": R.at_least(1, R.MAX_CHANNELS), "n_sources": R.at_least(1, R.MAX_CHANNELS),
+        "band_widths": R.at_least(1, R.MAX_FFT // 2 + 1), "hidden": R.at_least(1, R.MAX_WIDTH),
+        "n_layers": R.at_least(1, R.MAX_LAYERS), "d_state": R.at_least(1, 4096),
+        "d_conv": R.at_least(1, 1024), "expand": R.at_least(1, 64),
+        "head_dim": R.at_least(1, R.MAX_WIDTH), "chunk_size": R.at_least(1, R.MAX_SEQ),
+        "n_heads": R.at_least(1, R.MAX_HEADS), "ffn_mult": R.at_least(1, 64),
+        "mask_mlp_hidden": R.at_least(0, R.MAX_FFN), "eps": R.EPS, "dropout": R.FRACTION,
+        "mrstft_weight": R.WEIGHT,
+    }
 
     def __post_init__(self):
         # YAML and checkpoint configs give a list; the spec stores a (hashable) tuple.

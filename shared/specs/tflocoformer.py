@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared import ranges as R
 from shared.specs.base import (BIAS, CONV1D, CONV2D, CONV_TRANSPOSE1D, CONV_TRANSPOSE2D, LINEAR, NORM,
                                ParamSpec, SpecError, check_int, count_params, torch_default_init)
 
@@ -63,6 +64,17 @@ class TFLocoformerSpec:
     attention_chunk: int = 0                         # queries per attention chunk; 0: all
     loss: str = "l1_mrstft"                          # training objective, see LOSSES
     mrstft_weight: float = 1.0
+
+    RANGES = {  # shared/ranges.py; the rules between keys in __post_init__
+        "n_fft": R.at_least(2, R.MAX_FFT), "hop": R.at_least(1, R.MAX_FFT),
+        "audio_channels": R.at_least(1, R.MAX_CHANNELS), "n_sources": R.at_least(1, R.MAX_CHANNELS),
+        "emb_dim": R.at_least(1, R.MAX_WIDTH), "n_heads": R.at_least(1, R.MAX_HEADS),
+        "attention_dim": R.at_least(0, R.MAX_WIDTH), "n_layers": R.at_least(1, R.MAX_LAYERS),
+        "ffn_hidden_dim": R.at_least(1, R.MAX_FFN), "conv1d_kernel": R.at_least(1, 1024),
+        "conv1d_shift": R.at_least(1, 1024), "norm_groups": R.at_least(1, R.MAX_WIDTH),
+        "eps": R.EPS, "dropout": R.FRACTION, "attention_chunk": R.at_least(0, R.MAX_SEQ),
+        "mrstft_weight": R.WEIGHT,
+    }
 
     def __post_init__(self):
         # YAML and checkpoint configs give a list; the spec stores a (hashable) tuple.
