@@ -175,7 +175,7 @@ CLI_SAMPLE = [  # (config, overrides): each must exit 0 or 2 with one line, in b
     ("tests/fifth_family/regressor.yaml", ["train.seed=-1"]),
     ("tests/fifth_family/regressor.yaml", ["train.max_steps=1e3", "train.learning_rate=.inf"]),
     ("tests/fifth_family/regressor.yaml", ["train.batch_size=2147483648"]),
-    ("tests/fifth_family/regressor.yaml", ["train.gradient_accumulation_steps=65536"]),
+    ("tests/fifth_family/regressor.yaml", ["train.gradient_accumulation_steps=2147483648"]),
     ("tests/fifth_family/regressor.yaml", ["model.depth=abc"]),
     ("tests/fifth_family/regressor.yaml", ["train.max_steps=2", "train.eval_batches=100000"]),
     ("configs/musdb18_demo.yaml", ["model.n_fft=1000000000"]),
