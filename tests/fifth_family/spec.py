@@ -13,7 +13,7 @@ import numpy as np
 
 from shared.errors import ConfigError
 from shared.planner.core import Allocation, MemoryModel, MemoryPlan, Term, overhead_term, static_terms
-from shared.ranges import Range
+from shared.ranges import MAX_LAYERS, MAX_WIDTH, Range
 from shared.registry import Family, register
 from shared.specs.base import BIAS, LINEAR, ParamSpec, check_int, count_params, torch_default_init
 
@@ -27,8 +27,8 @@ class RegressorSpec:
     out_dim: int = 2
 
     # Valid ranges, checked when a config is loaded (shared/ranges.py).
-    RANGES = {"in_dim": Range(1, 4096), "hidden": Range(1, 4096), "depth": Range(1, 64),
-              "out_dim": Range(1, 4096)}
+    RANGES = {"in_dim": Range(1, MAX_WIDTH), "hidden": Range(1, MAX_WIDTH),
+              "depth": Range(1, MAX_LAYERS), "out_dim": Range(1, MAX_WIDTH)}
 
     def __post_init__(self):
         for name in ("in_dim", "hidden", "depth", "out_dim"):
