@@ -1,10 +1,19 @@
 """EchoStream: streaming speech-to-unit translation (seed 000)."""
+from shared.audio.fbank import FbankOptions
 from shared.data.s2ut import S2UTDataConfig
+from shared.errors import ConfigError
 from shared.planner.echostream import ECHOSTREAM_MEMORY
 from shared.registry import Family, register
 from shared.specs.echostream import (EchoStreamSpec, echostream_batch_parts, echostream_init_weights,
                                      echostream_manifest, echostream_param_counts)
 from shared.tasks.echostream import EchoStreamTask, echostream_batch, example_seconds
+
+def check_config(config) -> None:
+    bins = FbankOptions().num_mel_bins   # the features the data pipeline computes
+    if config.model.n_mels != bins:
+        raise ConfigError(f"model.n_mels={config.model.n_mels}, but the data give {bins}-bin "
+                          f"Kaldi fbank features; set model.n_mels={bins}")
+
 
 ECHOSTREAM = register(Family(
     name="echostream", spec_class=EchoStreamSpec, manifest=echostream_manifest,
@@ -13,4 +22,4 @@ ECHOSTREAM = register(Family(
     data_config=S2UTDataConfig, task=EchoStreamTask, random_batch=echostream_batch,
     memory=ECHOSTREAM_MEMORY, unit="audio_s", units_per_example=example_seconds,
     inference="streaming", bench_configs=("configs/echostream_demo.yaml",),
-    batch_parts=echostream_batch_parts, split_by_default=False))
+    batch_parts=echostream_batch_parts, split_by_default=False, check_config=check_config))
