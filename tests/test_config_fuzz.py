@@ -4,7 +4,8 @@ then the memory planner and model construction work) or is one ConfigError line.
 another exception, never a hang. Plus a small subprocess sample of the training CLI: exit
 0, or exit 2 with one `error:` line, never a traceback.
 
-`pytest tests/test_config_fuzz.py -s` prints the outcome counts."""
+`pytest tests/test_config_fuzz.py -s` prints the outcome counts; FUZZ_EXAMPLES=500 draws
+500 configs per family instead of 50."""
 import collections
 import dataclasses
 import math
@@ -30,6 +31,7 @@ CONFIGS = {"lm": "configs/tiny.yaml", "tflocoformer": "configs/musdb18_demo.yaml
            "regressor": "tests/fifth_family/regressor.yaml"}
 SMALL_MODEL = 3_000_000       # parameters: build the model only below this (fast, no big allocations)
 PER_EXAMPLE_SECONDS = 20      # an example that takes longer is a hang
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", 50))   # per family; more for a longer hunt
 OUTCOMES = collections.Counter()
 
 
@@ -106,7 +108,7 @@ def test_every_config_value_loads_or_is_one_config_error_line(name):
     strategy = overrides(name)
     previous = signal.signal(signal.SIGALRM, _alarm)
 
-    @settings(max_examples=50, deadline=None, database=None, derandomize=True,
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(changes=strategy)
     def run(changes):
@@ -149,6 +151,23 @@ def test_reported_values_are_one_line_naming_the_key(name, override, key):
     assert "need " in str(e.value)
 
 
+# Found by running the training CLI on drawn values: each was a traceback at the first step.
+@pytest.mark.parametrize("name,override,message", [
+    ("tflocoformer", "data.segment_seconds=0.001", "data.segment_seconds=0.001 is 8 samples at "
+                                                   "data.sample_rate=8000, fewer than one STFT frame"),
+    ("bandsplit", "data.segment_seconds=0.01", "fewer than one STFT frame of model.n_fft=256"),
+    ("tflocoformer", "data.sample_rate=1", "data.sample_rate=1 is out of range"),
+    ("tflocoformer", "model.hop=256", "model.hop (256) must be < model.n_fft (256)"),
+    ("bandsplit", "model.hop=256", "model.hop (256) must be < model.n_fft (256)"),
+    ("lm", "model.vocab_size=1", "model.vocab_size=1 is out of range: need 3 <= vocab_size"),
+    ("echostream", "model.n_mels=64", "model.n_mels=64, but the data give 80-bin Kaldi fbank"),
+])
+def test_values_that_crashed_training_are_config_errors(name, override, message):
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(raw_config(name), [override])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
 def test_integral_floats_are_integers_and_fractions_are_refused():
     config = config_from_dict(raw_config("lm"), ["train.max_steps=1e3", "train.batch_size=4.0",
                                                  "model.max_seq_length=1.28e2"])
@@ -182,6 +201,9 @@ CLI_SAMPLE = [  # (config, overrides): each must exit 0 or 2 with one line, in b
     ("configs/musdb18_demo.yaml", ["data.synth_seconds=-1"]),
     ("configs/tiny.yaml", ["model.num_layers=2147483648"]),
     ("configs/tiny.yaml", ["train.batch_size=65536", "train.max_steps=1"]),
+    ("configs/tiny.yaml", ["model.vocab_size=1"]),
+    ("configs/musdb18_demo.yaml", ["data.segment_seconds=0.001"]),
+    ("configs/echostream_demo.yaml", ["model.n_mels=64"]),
 ]
 
 

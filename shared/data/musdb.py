@@ -51,7 +51,7 @@ class AudioDataConfig:
     seed: int = 0
 
     RANGES = {  # shared/ranges.py; gain_min <= gain_max in validate
-        "sample_rate": R.at_least(1, R.MAX_SAMPLE_RATE), "segment_seconds": R.positive(3600.0),
+        "sample_rate": R.at_least(1000, R.MAX_SAMPLE_RATE), "segment_seconds": R.positive(3600.0),
         "gain_min": R.positive(100.0), "gain_max": R.positive(100.0), "min_rms": R.at_least(0.0, 1.0),
         # val_segments are held in memory; the demo set is written to disk (<= 100 x 600 s)
         "val_tracks": R.at_least(0, 1000), "val_segments": R.at_least(1, 1000),

@@ -111,8 +111,9 @@ class BandSplitSpec:
         check_int("mask_mlp_hidden", self.mask_mlp_hidden, minimum=0)
         if self.n_fft % 2:
             raise SpecError(f"model.n_fft must be even, got {self.n_fft}")
-        if self.hop > self.n_fft:
-            raise SpecError(f"model.hop ({self.hop}) must be <= model.n_fft ({self.n_fft})")
+        if self.hop >= self.n_fft:   # the inverse STFT needs overlapping frames
+            raise SpecError(f"model.hop ({self.hop}) must be < model.n_fft ({self.n_fft}): the "
+                            f"inverse STFT needs overlapping frames (e.g. hop = n_fft / 4)")
         if self.band_widths:
             w = self.band_widths
             if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in w):

@@ -29,7 +29,8 @@ class LMSpec:
     tie_embeddings: bool = False
 
     RANGES = {  # shared/ranges.py; divisibility rules in __post_init__
-        "vocab_size": R.at_least(1, R.MAX_VOCAB), "hidden_size": R.at_least(1, R.MAX_WIDTH),
+        # vocab >= 3: a SentencePiece model holds <unk>, <s> and </s> at least
+        "vocab_size": R.at_least(3, R.MAX_VOCAB), "hidden_size": R.at_least(1, R.MAX_WIDTH),
         "num_layers": R.at_least(1, R.MAX_LAYERS), "num_heads": R.at_least(1, R.MAX_HEADS),
         "num_kv_heads": R.at_least(1, R.MAX_HEADS),
         "intermediate_size": R.at_least(1, R.MAX_FFN),

@@ -93,8 +93,9 @@ class TFLocoformerSpec:
                             f"before and after attention), got {ffn!r}")
         if self.n_fft % 2:
             raise SpecError(f"model.n_fft must be even, got {self.n_fft}")
-        if self.hop > self.n_fft:
-            raise SpecError(f"model.hop ({self.hop}) must be <= model.n_fft ({self.n_fft})")
+        if self.hop >= self.n_fft:   # the inverse STFT needs overlapping frames
+            raise SpecError(f"model.hop ({self.hop}) must be < model.n_fft ({self.n_fft}): the "
+                            f"inverse STFT needs overlapping frames (e.g. hop = n_fft / 4)")
         if self.emb_dim % self.norm_groups:
             raise SpecError(f"model.emb_dim ({self.emb_dim}) must be divisible by "
                             f"model.norm_groups ({self.norm_groups})")
