@@ -161,6 +161,9 @@ def test_reported_values_are_one_line_naming_the_key(name, override, key):
     ("bandsplit", "model.hop=256", "model.hop (256) must be < model.n_fft (256)"),
     ("lm", "model.vocab_size=1", "model.vocab_size=1 is out of range: need 3 <= vocab_size"),
     ("echostream", "model.n_mels=64", "model.n_mels=64, but the data give 80-bin Kaldi fbank"),
+    ("echostream", "model.n_units=1", "model.n_units=1 is out of range: need 2 <= n_units"),
+    ("echostream", "data.sample_rate=8000", "the generated demo corpus (data.train_manifest empty) "
+                                            "is 16000 Hz"),
 ])
 def test_values_that_crashed_training_are_config_errors(name, override, message):
     with pytest.raises(ConfigError) as e:
@@ -204,6 +207,9 @@ CLI_SAMPLE = [  # (config, overrides): each must exit 0 or 2 with one line, in b
     ("configs/tiny.yaml", ["model.vocab_size=1"]),
     ("configs/musdb18_demo.yaml", ["data.segment_seconds=0.001"]),
     ("configs/echostream_demo.yaml", ["model.n_mels=64"]),
+    ("configs/echostream_demo.yaml", ["data.synth_train_utterances=8", "data.synth_dev_utterances=2",
+                                      "model.subsample_kernel=1023"]),
+    ("configs/echostream_demo.yaml", ["data.synth_min_seconds=0.001", "data.synth_max_seconds=0.002"]),
 ]
 
 

@@ -581,9 +581,12 @@ def demo_corpus(root: Path, data_cfg, n_units: int) -> tuple[Path, Path]:
     root = Path(root)
     if not (root / "dev.tsv").is_file():
         tmp = root.with_name(root.name + ".tmp")
-        generate(tmp, train=data_cfg.synth_train_utterances, dev=data_cfg.synth_dev_utterances,
-                 min_seconds=data_cfg.synth_min_seconds, max_seconds=data_cfg.synth_max_seconds,
-                 n_units=n_units, seed=data_cfg.seed)
+        try:
+            generate(tmp, train=data_cfg.synth_train_utterances, dev=data_cfg.synth_dev_utterances,
+                     min_seconds=data_cfg.synth_min_seconds, max_seconds=data_cfg.synth_max_seconds,
+                     n_units=n_units, seed=data_cfg.seed)
+        except ValueError as e:   # settings the generator cannot serve
+            raise ConfigError(f"the demo corpus (data.synth_*, data.train_manifest empty): {e}") from None
         tmp.rename(root)
     return root / "train.tsv", root / "dev.tsv"
 

@@ -1,6 +1,7 @@
 """EchoStream: streaming speech-to-unit translation (seed 000)."""
 from shared.audio.fbank import FbankOptions
 from shared.data.s2ut import S2UTDataConfig
+from shared.data.synth_s2ut import SAMPLE_RATE as DEMO_RATE
 from shared.errors import ConfigError
 from shared.planner.echostream import ECHOSTREAM_MEMORY
 from shared.registry import Family, register
@@ -13,6 +14,10 @@ def check_config(config) -> None:
     if config.model.n_mels != bins:
         raise ConfigError(f"model.n_mels={config.model.n_mels}, but the data give {bins}-bin "
                           f"Kaldi fbank features; set model.n_mels={bins}")
+    if not config.data.train_manifest and config.data.sample_rate != DEMO_RATE:
+        raise ConfigError(f"data.sample_rate={config.data.sample_rate}, but the generated demo corpus "
+                          f"(data.train_manifest empty) is {DEMO_RATE} Hz; set data.sample_rate="
+                          f"{DEMO_RATE} or give your own manifests")
 
 
 ECHOSTREAM = register(Family(

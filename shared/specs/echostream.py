@@ -103,7 +103,7 @@ class EchoStreamSpec:
 
     RANGES = {  # shared/ranges.py; the rules between keys in __post_init__
         "n_mels": R.at_least(1, 256), "src_vocab_size": R.at_least(EOS + 2, R.MAX_VOCAB),
-        "tgt_vocab_size": R.at_least(EOS + 2, R.MAX_VOCAB), "n_units": R.at_least(1, R.MAX_VOCAB),
+        "tgt_vocab_size": R.at_least(EOS + 2, R.MAX_VOCAB), "n_units": R.at_least(2, R.MAX_VOCAB),
         "embed_dim": R.at_least(1, R.MAX_WIDTH), "encoder_layers": R.at_least(1, R.MAX_LAYERS),
         "encoder_heads": R.at_least(1, R.MAX_HEADS), "encoder_ffn_dim": R.at_least(1, R.MAX_FFN),
         "subsample_channels": R.at_least(2, R.MAX_FFN), "subsample_kernel": R.at_least(2, 1024),
