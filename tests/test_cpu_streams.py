@@ -64,6 +64,6 @@ def test_one_stream_when_asked_or_when_the_batch_is_one_example():
 
 
 def test_negative_streams_are_a_config_error():
-    with pytest.raises(ConfigError, match="train.cpu_streams must be >= 0"):
+    with pytest.raises(ConfigError, match=r"train.cpu_streams=-1 is out of range: need 0 <= cpu_streams <= 1024"):
         config_from_dict({"family": "lm", "model": dataclasses.asdict(LM),
                           "train": {"cpu_streams": -1}})

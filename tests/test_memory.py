@@ -188,7 +188,7 @@ def test_cli_fit_writes_a_config_that_fits_and_never_overwrites(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--config", "configs/tiny.yaml", "--device", "m4max"], "unknown device profile 'm4max' (did you mean"),
-    (["--config", "configs/tiny.yaml", "--device", "cpu", "train.batch_size=0"], "train.batch_size must be > 0"),
+    (["--config", "configs/tiny.yaml", "--device", "cpu", "train.batch_size=0"], "train.batch_size=0 is out of range: need 1 <= batch_size"),
     (["--config", "configs/missing.yaml", "--device", "cpu"], "not found"),
     (["--config", "configs/tiny.yaml", "--device", "cpu", "--fit", "--out", "/nonexistent/x.yaml"],
      "not a file in an existing directory"),

@@ -98,7 +98,7 @@ def test_bad_rows_are_listed_with_row_numbers(tmp_path):
     assert "11 of 13 rows cannot be used" in msg and "data.skip_bad_rows=true" in msg
     for row, words in [(2, "not found"), (3, "empty src_text"), (4, "no target units"),
                        (5, "shorter than one 25 ms fbank frame"), (6, "2 channels"), (7, "repeats row 1"),
-                       (8, "unit integers"), (9, "unit 99 outside 0..49"), (10, "cannot read"),
+                       (8, "unit integers"), (9, "unit 99 outside 0..49"), (10, "is not readable audio"),
                        (11, "empty tgt_text"), (13, "has 4 tab-separated fields")]:
         if row <= 11:  # the first 10 bad rows are spelled out, the rest counted
             assert f"row {row} (line {row + 1}): " in msg and words in msg, (row, words)

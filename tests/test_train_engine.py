@@ -216,8 +216,8 @@ def cli(backend, *args, cwd=None):
 
 @pytest.mark.parametrize("override,message", [
     ("train.learning_rat=1e-3", "unknown key train.learning_rat (did you mean 'learning_rate'?)"),
-    ("train.batch_size=0", "train.batch_size must be > 0"),
-    ("train.learning_rate=-1", "train.learning_rate must be > 0"),
+    ("train.batch_size=0", "train.batch_size=0 is out of range: need 1 <= batch_size"),
+    ("train.learning_rate=-1", "train.learning_rate=-1.0 is out of range: need learning_rate > 0"),
     ("train.batch_size=two", "train.batch_size must be int, got str 'two'"),
     ("model.num_kv_heads=3", "must be divisible by model.num_kv_heads (3)"),
     ("hardware.device=m4_max", "unknown device profile 'm4_max'"),

@@ -96,6 +96,10 @@ def main(backend: str, load, argv=None) -> int:
                   desc=f"separate[{backend}]") as bar:
             stems = separate(mixture, run_chunks, chunk, args.overlap, args.batch_chunks, bar.update)
         elapsed = time.perf_counter() - start
+        if not all(np.isfinite(audio).all() for audio in stems):   # never write NaN stems
+            raise DataError(f"the model of {ckpt} gives non-finite samples (NaN/inf) for "
+                            f"{args.input}; nothing was written: its weights are broken (a "
+                            f"diverged run?), separate with another checkpoint")
         for name, audio in zip(STEMS, stems):
             sf.write(str(out / f"{name}.wav"), audio.T, rate, subtype="FLOAT")
         seconds = mixture.shape[1] / rate

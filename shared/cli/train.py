@@ -125,8 +125,15 @@ def train(args, backend: str, trainer) -> None:
     out = run_directory(args, backend, ckpt)
     trainer_cls = trainer if isinstance(trainer, type) else trainer()
     start = time.perf_counter()
-    run = Run(config, trainer_cls, out, resume=ckpt, progress=not args.no_progress, force=args.force)
-    state = run.train()
+    try:
+        run = Run(config, trainer_cls, out, resume=ckpt, progress=not args.no_progress, force=args.force)
+        state = run.train()
+    except MemoryError as e:   # numpy's ArrayMemoryError: data or batches beyond this machine
+        forced = " (--force ignored the memory plan)" if args.force else ""
+        raise ConfigError(f"out of memory{forced}: {str(e).splitlines()[0] if str(e) else 'MemoryError'}; "
+                          f"lower train.batch_size or the data sizes (segments, sequence "
+                          f"length, validation set), or let the planner fit the config: "
+                          f"python -m shared.plan --config CONFIG --fit") from None
     _, peak = run.memory_gb()
     if run.memory_source == "rss":   # the whole process: not what the planner predicts
         memory = f"process RSS {peak:.2f} GB (framework, data and Python included; no tensor statistics here)"

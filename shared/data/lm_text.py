@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared import ranges as R
 from shared.engine.durable import atomic_write, atomic_write_bytes, sha256_file, temp_path
 from shared.errors import ConfigError, DataError
 
@@ -33,6 +34,8 @@ class DataConfig:
     tokenizer_type: str = "bpe"         # bpe (Llama-compatible, exports to HF) | unigram
     val_fraction: float = 0.05          # held out from train_files when val_files is empty
     seed: int = 0
+
+    RANGES = {"val_fraction": R.Range(0.0, 0.5, low_open=True, high_open=True), "seed": R.SEED}
 
     def validate(self):
         if self.tokenizer_type not in ("unigram", "bpe"):
@@ -241,6 +244,12 @@ class LMDataset:
             if val_files:
                 val_text = read_paragraphs(val_files)
             else:
+                if len(train_text) == 1:   # it would go to validation, leaving no training text
+                    raise DataError(
+                        f"{', '.join(map(str, train_files))} hold(s) one paragraph (non-empty "
+                        f"line); with data.val_files empty at least one paragraph is held out "
+                        f"for validation (data.val_fraction) and one more is needed to train "
+                        f"on: add text (one paragraph per line) or set data.val_files")
                 train_text, val_text = split_paragraphs(train_text, data_cfg.val_fraction, data_cfg.seed)
             if not train_text:
                 raise DataError(f"no text in {', '.join(map(str, train_files))}; the corpus is empty")

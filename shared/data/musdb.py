@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-import soundfile as sf
 
-from shared.audio.files import read_span, resampled_length
+from shared import ranges as R
+from shared.audio.files import audio_info, check_samples, read_span, resampled_length
 from shared.errors import ConfigError, DataError
 
 
@@ -52,6 +52,14 @@ class AudioDataConfig:
     synth_tracks: int = 8              # size of the generated demo set
     synth_seconds: float = 12.0
     seed: int = 0
+
+    RANGES = {  # shared/ranges.py; gain_min <= gain_max in validate
+        "sample_rate": R.at_least(1000, R.MAX_SAMPLE_RATE), "segment_seconds": R.positive(3600.0),
+        "gain_min": R.positive(100.0), "gain_max": R.positive(100.0), "min_rms": R.at_least(0.0, 1.0),
+        # val_segments are held in memory; the demo set is written to disk (<= 100 x 600 s)
+        "val_tracks": R.at_least(0, 1000), "val_segments": R.at_least(1, 1000),
+        "synth_tracks": R.at_least(2, 100), "synth_seconds": R.positive(600.0), "seed": R.SEED,
+    }
 
     def validate(self):
         if self.sample_rate <= 0 or self.segment_seconds <= 0:
@@ -124,6 +132,7 @@ def read_audio(track: Track, stem: str, start: int = 0, frames: int | None = Non
         raise DataError(f"track '{track.name}': {path} ends after {start + audio.shape[0]} "
                         f"samples, its header says {track.frames}; the file is truncated, "
                         f"re-extract it")
+    check_samples(audio, path, f"track '{track.name}': ", start)
     return np.ascontiguousarray(audio.T)
 
 
@@ -139,11 +148,7 @@ def scan_track(folder: Path, sample_rate: int, channels: int) -> Track:
     lengths, file_rates = {}, {}
     for f in FILES:
         path = folder / f"{f}.wav"
-        try:
-            info = sf.info(str(path))
-        except (RuntimeError, OSError) as e:
-            raise DataError(f"track '{name}': {path} is not readable audio ({e}); "
-                            f"re-extract or replace the file") from None
+        info = audio_info(path, f"track '{name}': ")
         if info.channels != channels:
             raise DataError(f"track '{name}': {path.name} has {info.channels} channel(s), "
                             f"expected {channels}; convert the file (MUSDB18-HQ is stereo) "
@@ -164,8 +169,12 @@ def validation_names(root: Path) -> tuple[tuple[str, ...], str]:
     """The validation track names and where they came from (for error messages)."""
     listed = root / VALID_LIST_FILE
     if listed.is_file():
-        names = tuple(line.strip() for line in listed.read_text(encoding="utf-8").splitlines()
-                      if line.strip())
+        try:
+            text = listed.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{listed} is not UTF-8 text (byte {e.start}); save it as UTF-8, "
+                            f"one validation track name per line") from None
+        names = tuple(line.strip() for line in text.splitlines() if line.strip())
         return names, str(listed)
     return VALIDATION_TRACKS, "the official MUSDB18 validation list"
 

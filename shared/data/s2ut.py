@@ -49,6 +49,8 @@ from typing import Callable
 import numpy as np
 import soundfile as sf
 
+from shared import ranges as R
+from shared.audio.files import audio_info, check_samples
 from shared.audio.fbank import CMVN, FbankOptions, SpecAugment, fbank, num_frames
 from shared.audio.files import resample, resampled_length
 from shared.data.lm_text import load_tokenizer
@@ -87,6 +89,16 @@ class S2UTDataConfig:
     synth_min_seconds: float = 1.0
     synth_max_seconds: float = 4.0
     seed: int = 0                      # the demo corpus
+
+    RANGES = {  # shared/ranges.py; the rules between keys in validate
+        "sample_rate": R.at_least(1000, R.MAX_SAMPLE_RATE), "max_duration": R.positive(86400.0),
+        "max_tokens": R.at_least(1, 10 ** 8), "sort_window_batches": R.at_least(1, 1_000_000),
+        "num_freq_masks": R.at_least(0, 1000), "freq_mask_width": R.at_least(0, 1024),
+        "num_time_masks": R.at_least(0, 1000), "time_mask_width": R.at_least(0, 1_000_000),
+        "dev_max_utterances": R.at_least(0, 10 ** 9), "synth_train_utterances": R.at_least(1, 100_000),
+        "synth_dev_utterances": R.at_least(1, 100_000), "synth_min_seconds": R.positive(600.0),
+        "synth_max_seconds": R.positive(600.0), "seed": R.SEED,
+    }
 
     def validate(self):
         if bool(self.train_manifest) != bool(self.dev_manifest):
@@ -127,6 +139,12 @@ class Utterance:
     tgt_text: str
     units: tuple[int, ...]    # 0-based, as written in the manifest
     file_rate: int = 0        # the audio file's own rate where it is not sample_rate (resampled)
+    manifest: str = ""        # the manifest it came from (named in error messages)
+
+    @property
+    def where(self) -> str:
+        """How error messages name it: `manifest M row R (id 'x'): `."""
+        return f"manifest {self.manifest} row {self.row} (id {self.id!r}): "
 
     @property
     def seconds(self) -> float:
@@ -134,7 +152,7 @@ class Utterance:
 
 
 def _check_row(fields: list[str], col: dict[str, int], folder: Path, sample_rate: int,
-               n_units: int | None, seen: dict[str, int], row: int):
+               n_units: int | None, seen: dict[str, int], row: int, manifest: str = ""):
     """An Utterance, or the reason the row cannot be used."""
     if len(fields) != len(col):
         return f"has {len(fields)} tab-separated fields, the header has {len(col)}"
@@ -164,9 +182,9 @@ def _check_row(fields: list[str], col: dict[str, int], folder: Path, sample_rate
     if not audio.is_file():
         return f"audio file {audio} not found"
     try:
-        info = sf.info(str(audio))
-    except (RuntimeError, OSError) as e:
-        return f"cannot read {audio} ({e}); re-export it as WAV/FLAC"
+        info = audio_info(audio)
+    except DataError as e:
+        return str(e)
     if info.channels != 1:
         return (f"{audio} has {info.channels} channels, expected mono; mix it down, e.g. "
                 f"`sox IN -c 1 OUT.wav` or `ffmpeg -i IN -ac 1 OUT.wav`")
@@ -174,8 +192,8 @@ def _check_row(fields: list[str], col: dict[str, int], folder: Path, sample_rate
     if num_frames(samples, FbankOptions(sample_rate=sample_rate)) == 0:
         return f"{audio} is shorter than one 25 ms fbank frame"
     seen[get["id"]] = row
-    return Utterance(row, get["id"], audio, samples, sample_rate, get["src_text"],
-                     get["tgt_text"], units, 0 if info.samplerate == sample_rate else info.samplerate)
+    return Utterance(row, get["id"], audio, samples, sample_rate, get["src_text"], get["tgt_text"], units,
+                     0 if info.samplerate == sample_rate else info.samplerate, manifest)
 
 
 def read_manifest(path: str | Path, sample_rate: int = 16000, n_units: int | None = None,
@@ -201,7 +219,8 @@ def read_manifest(path: str | Path, sample_rate: int = 16000, n_units: int | Non
     utterances, bad, seen = [], [], {}
     rows = [(row, line) for row, line in enumerate(lines[1:], start=1) if line.strip()]
     for row, line in rows:
-        result = _check_row(line.split("\t"), col, path.parent, sample_rate, n_units, seen, row)
+        result = _check_row(line.split("\t"), col, path.parent, sample_rate, n_units, seen, row,
+                            str(path))
         if isinstance(result, Utterance):
             utterances.append(result)
         else:
@@ -323,15 +342,17 @@ def tokenizer_for(given: str, texts: list[str], vocab_size: int, cache_path: Pat
 
 # ------------------------------------------------------------------ features
 def load_audio(utt: Utterance) -> np.ndarray:
-    """(samples,) float32 in [-1, 1] at utt.sample_rate (resampled from the file's rate)."""
+    """(samples,) float32 in [-1, 1] at utt.sample_rate (resampled from the file's rate);
+    non-finite or far-out-of-range samples are a DataError naming the file and the
+    manifest row."""
     try:
         audio, rate = sf.read(str(utt.audio), dtype="float32")
     except (RuntimeError, OSError) as e:
-        raise DataError(f"utterance {utt.id!r}: cannot read {utt.audio} ({e})") from None
+        raise DataError(f"{utt.where}cannot read {utt.audio} ({e})") from None
+    check_samples(audio, utt.audio, utt.where)
     if rate != (utt.file_rate or utt.sample_rate) or audio.ndim != 1:
-        raise DataError(f"utterance {utt.id!r}: {utt.audio} changed since the manifest was "
-                        f"checked (now {rate} Hz, shape {audio.shape}); restore it or start "
-                        f"the run again")
+        raise DataError(f"{utt.where}{utt.audio} changed since the manifest was checked (now "
+                        f"{rate} Hz, shape {audio.shape}); restore it or start the run again")
     return resample(audio, rate, utt.sample_rate)
 
 
@@ -592,9 +613,12 @@ def demo_corpus(root: Path, data_cfg, n_units: int) -> tuple[Path, Path]:
     if not (root / "dev.tsv").is_file():
         tmp = root.with_name(root.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)      # left by a killed run
-        generate(tmp, train=data_cfg.synth_train_utterances, dev=data_cfg.synth_dev_utterances,
-                 min_seconds=data_cfg.synth_min_seconds, max_seconds=data_cfg.synth_max_seconds,
-                 n_units=n_units, seed=data_cfg.seed)
+        try:
+            generate(tmp, train=data_cfg.synth_train_utterances, dev=data_cfg.synth_dev_utterances,
+                     min_seconds=data_cfg.synth_min_seconds, max_seconds=data_cfg.synth_max_seconds,
+                     n_units=n_units, seed=data_cfg.seed)
+        except ValueError as e:   # settings the generator cannot serve
+            raise ConfigError(f"the demo corpus (data.synth_*, data.train_manifest empty): {e}") from None
         tmp.rename(root)
     return root / "train.tsv", root / "dev.tsv"
 

@@ -10,6 +10,7 @@ from the command line are parsed as YAML scalars and applied before validation.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -18,6 +19,8 @@ from pathlib import Path
 import yaml
 
 from shared.errors import ConfigError, SpecError
+from shared import ranges as R
+from shared.ranges import out_of_range
 from shared.registry import get_family, import_family_module
 
 
@@ -56,25 +59,25 @@ class TrainConfig:
     # the rows of metrics.jsonl; each needs its pip extra, e.g. pip install 'workbench[wandb]'.
     report_to: list[str] = field(default_factory=list)
 
+    # Valid ranges (shared/ranges.py); cross-key rules (min_lr <= learning_rate) in validate.
+    RANGES = {
+        "seed": R.SEED, "batch_size": R.at_least(1, 1 << 16),
+        "gradient_accumulation_steps": R.at_least(1, 1 << 16),
+        "seq_length": R.at_least(0, R.MAX_SEQ), "max_steps": R.at_least(1, R.MAX_STEPS),
+        "learning_rate": R.positive(), "min_lr": R.at_least(0.0),
+        "warmup_steps": R.at_least(0, R.MAX_STEPS), "weight_decay": R.at_least(0.0),
+        "beta1": R.FRACTION, "beta2": R.FRACTION, "eps": R.EPS,
+        "max_grad_norm": R.at_least(0.0), "cpu_streams": R.at_least(0, 1024),
+        "log_every": R.at_least(1, R.MAX_STEPS), "eval_every": R.at_least(1, R.MAX_STEPS),
+        "eval_batches": R.at_least(1, 100_000), "save_every": R.at_least(1, R.MAX_STEPS),
+        "keep_last": R.at_least(1, 1_000_000), "max_bad_steps": R.at_least(1, 1_000_000),
+    }
+
     def validate(self):
-        for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "log_every",
-                     "eval_every", "eval_batches", "save_every", "keep_last", "max_bad_steps"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("seq_length", "warmup_steps", "cpu_streams"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"train.learning_rate must be > 0, got {self.learning_rate}")
-        if not 0 <= self.min_lr <= self.learning_rate:
+        """The rules between keys (each key's own range is in RANGES)."""
+        if not self.min_lr <= self.learning_rate:
             raise ConfigError(f"train.min_lr must be in [0, learning_rate={self.learning_rate}], "
                               f"got {self.min_lr}")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.eps <= 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
-            raise ConfigError("train.eps must be > 0, train.weight_decay and "
-                              "train.max_grad_norm must be >= 0")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got {self.precision!r}")
         from shared.engine.tracking import SINKS
@@ -134,11 +137,19 @@ def _coerce(value, annotation, where: str):
     hint = typing.get_origin(annotation) or annotation
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint is float and isinstance(value, str):
+    if hint in (float, int) and isinstance(value, str):
         try:    # YAML 1.1 reads 1e-4 (no dot) as a string
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+        else:
+            if hint is float:
+                return value
+    if hint is int and isinstance(value, float):
+        # 1e3, 1.0e+3: an integral float is that integer; 2.5 is not an integer.
+        if math.isfinite(value) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
     if hint is tuple:  # e.g. tuple[int, int]: YAML gives a list
         kinds = [k for k in typing.get_args(annotation) if k is not Ellipsis]
         if not isinstance(value, (list, tuple)) or (Ellipsis not in typing.get_args(annotation)
@@ -170,6 +181,10 @@ def _build(cls, values: dict, section: str):
         if key not in known:
             raise ConfigError(f"unknown key {section}.{key}{_did_you_mean(key, known)}")
         kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+    # Before the dataclass is built: a huge value could hang its own checks (shared/ranges.py).
+    problem = out_of_range(cls, kwargs, section)
+    if problem:
+        raise ConfigError(problem)
     try:
         return cls(**kwargs)
     except SpecError as e:

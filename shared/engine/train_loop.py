@@ -278,12 +278,18 @@ class Run:
                                    f"rewriting {path.name} up to step {step}")
 
     def save(self, name: str) -> Path:
-        """Write a checkpoint atomically; a failure leaves earlier checkpoints intact."""
+        """Write a checkpoint atomically; a failure leaves earlier checkpoints intact.
+        Non-finite weights (a diverged run) are never saved."""
+        weights = self.trainer.get_weights()
+        broken = next((k for k, v in weights.items() if not np.isfinite(v).all()), None)
+        if broken is not None:
+            raise ConfigError(f"step {self.state.step}: weight {broken} is no longer finite (the "
+                              f"run diverged), so no checkpoint {name} was written; lower "
+                              f"train.learning_rate and {self._restart_hint()}")
         tensors = {f"opt.{k}": v for k, v in self.trainer.optimizer_state().items()}
         tensors |= {f"rng.{k}": v for k, v in self.trainer.rng_state().items()}
         extra = {TRAINER_STATE: tensors, TRAIN_STATE: json.dumps(asdict(self.state)).encode(),
                  **self.task.checkpoint_files()}
-        weights = self.trainer.get_weights()
         metrics = self.out / "metrics.jsonl"
         if metrics.is_file():   # the rows this checkpoint covers survive a power loss with it
             fsync_file(metrics)
@@ -432,7 +438,9 @@ class Run:
             if self.writes_metrics:
                 self.tracker = Tracker.open(tc.report_to, self.out, self.config.to_dict(), st.step)
             if st.step == 0:
-                self.record(self.evaluate())
+                row = self.evaluate()
+                self.record(row)
+                self._check_finite(row)
             batches = prefetch(self._step_batches, st.step, last)
             while st.step < last and not self._interrupted:
                 lr = lr_at(st.step, tc.learning_rate, tc.min_lr, tc.warmup_steps, tc.max_steps)
@@ -449,13 +457,10 @@ class Run:
                                  "grad_norm": result["grad_norm"]})
                     if st.bad_steps_in_row >= tc.max_bad_steps:
                         # The skipped steps changed nothing: the last checkpoint is the state.
-                        saved = any((self.out / "checkpoints").glob("step_*"))
-                        again = (f"and resume (--resume {self.out})" if saved else
-                                 "and start again (no checkpoint was saved)")
                         raise ConfigError(f"training stopped at step {st.step}: "
                                           f"{st.bad_steps_in_row} non-finite steps in a row "
                                           f"(train.max_bad_steps); lower train.learning_rate or "
-                                          f"use train.precision=fp32, {again}")
+                                          f"use train.precision=fp32, and {self._restart_hint()}")
                 else:
                     st.bad_steps_in_row = 0
                 if st.step % tc.log_every == 0 or st.step == tc.max_steps:
@@ -481,6 +486,7 @@ class Run:
                 if st.step % tc.eval_every == 0 or st.step == tc.max_steps:
                     row = self.evaluate()
                     self.record(row)
+                    self._check_finite(row)
                     if row["val_loss"] < st.best_val_loss:
                         st.best_val_loss = row["val_loss"]
                         self.save("best")
@@ -489,6 +495,12 @@ class Run:
             if self._interrupted or (st.step == last < tc.max_steps and st.step % tc.save_every):
                 path = self.save(f"step_{st.step:08d}")
                 self.log(f"stopped at step {st.step}: saved {path}; continue with --resume {self.out}")
+            if st.bad_steps_in_row and not self._interrupted:
+                # Fewer than train.max_bad_steps, but the run ends on them: not a success.
+                raise ConfigError(f"training ended at step {st.step} on {st.bad_steps_in_row} "
+                                  f"non-finite step(s) in a row (skipped: the weights are those "
+                                  f"of step {st.step - st.bad_steps_in_row}); the run is diverging: "
+                                  f"lower train.learning_rate and {self._restart_hint()}")
         finally:
             signal.signal(signal.SIGINT, previous)
             if bar is not None:
@@ -504,6 +516,21 @@ class Run:
         return flatten_micro_batches([
             self.task.train_batch(first + k * tc.batch_size * self.world_size, tc.batch_size)
             for k in range(tc.gradient_accumulation_steps)])
+
+    def _restart_hint(self) -> str:
+        saved = any((self.out / "checkpoints").glob("step_*"))
+        return (f"resume (--resume {self.out})" if saved else
+                "start again (no checkpoint was saved)")
+
+    def _check_finite(self, row: dict) -> None:
+        """A run never goes on, or ends with exit 0, after an evaluation whose losses are
+        not finite: its weights have diverged (validation audio is checked when read)."""
+        bad = {k: v for k, v in row.items() if "loss" in k and not math.isfinite(v)}
+        if bad:
+            shown = ", ".join(f"{k}={v}" for k, v in bad.items())
+            raise ConfigError(f"the evaluation at step {row['step']} gave {shown}: the model no "
+                              f"longer computes finite values (the run diverged); lower "
+                              f"train.learning_rate and {self._restart_hint()}")
 
     def _on_interrupt(self, signum, frame):
         if self._interrupted:  # a second Ctrl+C stops at once

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared import ranges as R
 from shared.specs.base import (BIAS, CONV1D, LINEAR, NORM, OTHER, ParamSpec, SpecError, check_int,
                                count_params, torch_default_init)
 from shared.specs.tflocoformer import LOSSES, SOURCES, check_separation_training  # noqa: F401  (same stems, same objectives)
@@ -88,6 +89,18 @@ class BandSplitSpec:
     loss: str = "l1_mrstft"                  # training objective, see LOSSES
     mrstft_weight: float = 1.0
 
+    RANGES = {  # shared/ranges.py; the rules between keys in __post_init__
+        "n_fft": R.at_least(2, R.MAX_FFT), "hop": R.at_least(1, R.MAX_FFT),
+        "audio_channels": R.at_least(1, R.MAX_CHANNELS), "n_sources": R.at_least(1, R.MAX_CHANNELS),
+        "band_widths": R.at_least(1, R.MAX_FFT // 2 + 1), "hidden": R.at_least(1, R.MAX_WIDTH),
+        "n_layers": R.at_least(1, R.MAX_LAYERS), "d_state": R.at_least(1, 4096),
+        "d_conv": R.at_least(1, 1024), "expand": R.at_least(1, 64),
+        "head_dim": R.at_least(1, R.MAX_WIDTH), "chunk_size": R.at_least(1, R.MAX_SEQ),
+        "n_heads": R.at_least(1, R.MAX_HEADS), "ffn_mult": R.at_least(1, 64),
+        "mask_mlp_hidden": R.at_least(0, R.MAX_FFN), "eps": R.EPS, "dropout": R.FRACTION,
+        "mrstft_weight": R.WEIGHT,
+    }
+
     def __post_init__(self):
         # YAML and checkpoint configs give a list; the spec stores a (hashable) tuple.
         if isinstance(self.band_widths, list):
@@ -98,8 +111,9 @@ class BandSplitSpec:
         check_int("mask_mlp_hidden", self.mask_mlp_hidden, minimum=0)
         if self.n_fft % 2:
             raise SpecError(f"model.n_fft must be even, got {self.n_fft}")
-        if self.hop > self.n_fft:
-            raise SpecError(f"model.hop ({self.hop}) must be <= model.n_fft ({self.n_fft})")
+        if self.hop >= self.n_fft:   # the inverse STFT needs overlapping frames
+            raise SpecError(f"model.hop ({self.hop}) must be < model.n_fft ({self.n_fft}): the "
+                            f"inverse STFT needs overlapping frames (e.g. hop = n_fft / 4)")
         if self.band_widths:
             w = self.band_widths
             if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in w):

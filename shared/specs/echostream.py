@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared import ranges as R
 from shared.specs.base import (BIAS, CONV1D, EMBEDDING, LINEAR, NORM, ParamSpec, SpecError, check_int,
                                count_params, split_examples, torch_default_init)
 
@@ -110,6 +111,24 @@ class EchoStreamSpec:
     mt_weight: float = 1.0
     unit_weight: float = 1.0
     label_smoothing: float = 0.1        # MT cross entropy
+
+    RANGES = {  # shared/ranges.py; the rules between keys in __post_init__
+        "n_mels": R.at_least(1, 256), "src_vocab_size": R.at_least(EOS + 2, R.MAX_VOCAB),
+        "tgt_vocab_size": R.at_least(EOS + 2, R.MAX_VOCAB), "n_units": R.at_least(2, R.MAX_VOCAB),
+        "embed_dim": R.at_least(1, R.MAX_WIDTH), "encoder_layers": R.at_least(1, R.MAX_LAYERS),
+        "encoder_heads": R.at_least(1, R.MAX_HEADS), "encoder_ffn_dim": R.at_least(1, R.MAX_FFN),
+        "subsample_channels": R.at_least(2, R.MAX_FFN), "subsample_kernel": R.at_least(2, 1024),
+        "segment_length": R.at_least(1, 1 << 16), "left_context": R.at_least(0, 1 << 16),
+        "right_context": R.at_least(0, 1 << 16), "max_memory_size": R.at_least(0, 1 << 16),
+        "st_ctc_layers": R.at_least(0, R.MAX_LAYERS), "mt_embed_dim": R.at_least(1, R.MAX_WIDTH),
+        "mt_layers": R.at_least(1, R.MAX_LAYERS), "mt_heads": R.at_least(1, R.MAX_HEADS),
+        "mt_ffn_dim": R.at_least(1, R.MAX_FFN), "unit_embed_dim": R.at_least(1, R.MAX_WIDTH),
+        "unit_layers": R.at_least(1, R.MAX_LAYERS), "unit_heads": R.at_least(1, R.MAX_HEADS),
+        "unit_ffn_dim": R.at_least(1, R.MAX_FFN), "unit_upsample": R.at_least(1, 1024),
+        "dropout": R.FRACTION, "layer_norm_eps": R.EPS, "asr_ctc_weight": R.WEIGHT,
+        "st_ctc_weight": R.WEIGHT, "mt_weight": R.WEIGHT, "unit_weight": R.WEIGHT,
+        "label_smoothing": R.FRACTION,
+    }
 
     def __post_init__(self):
         positive = ("n_mels", "n_units", "embed_dim", "encoder_layers", "encoder_heads",

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared import ranges as R
 from shared.errors import SpecError
 from shared.specs.base import EMBEDDING, LINEAR, NORM, ParamSpec, count_params
 
@@ -26,6 +27,16 @@ class LMSpec:
     norm_eps: float = 1e-5
     dropout: float = 0.0
     tie_embeddings: bool = False
+
+    RANGES = {  # shared/ranges.py; divisibility rules in __post_init__
+        # vocab >= 3: a SentencePiece model holds <unk>, <s> and </s> at least
+        "vocab_size": R.at_least(3, R.MAX_VOCAB), "hidden_size": R.at_least(1, R.MAX_WIDTH),
+        "num_layers": R.at_least(1, R.MAX_LAYERS), "num_heads": R.at_least(1, R.MAX_HEADS),
+        "num_kv_heads": R.at_least(1, R.MAX_HEADS),
+        "intermediate_size": R.at_least(1, R.MAX_FFN),
+        "max_seq_length": R.at_least(1, R.MAX_SEQ), "rope_theta": R.positive(1e12),
+        "norm_eps": R.EPS, "dropout": R.FRACTION,
+    }
 
     def __post_init__(self):
         positive = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",

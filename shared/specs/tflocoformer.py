@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared import ranges as R
 from shared.specs.base import (BIAS, CONV1D, CONV2D, CONV_TRANSPOSE1D, CONV_TRANSPOSE2D, LINEAR, NORM,
                                ParamSpec, SpecError, check_int, count_params, torch_default_init)
 
@@ -64,6 +65,17 @@ class TFLocoformerSpec:
     loss: str = "l1_mrstft"                          # training objective, see LOSSES
     mrstft_weight: float = 1.0
 
+    RANGES = {  # shared/ranges.py; the rules between keys in __post_init__
+        "n_fft": R.at_least(2, R.MAX_FFT), "hop": R.at_least(1, R.MAX_FFT),
+        "audio_channels": R.at_least(1, R.MAX_CHANNELS), "n_sources": R.at_least(1, R.MAX_CHANNELS),
+        "emb_dim": R.at_least(1, R.MAX_WIDTH), "n_heads": R.at_least(1, R.MAX_HEADS),
+        "attention_dim": R.at_least(0, R.MAX_WIDTH), "n_layers": R.at_least(1, R.MAX_LAYERS),
+        "ffn_hidden_dim": R.at_least(1, R.MAX_FFN), "conv1d_kernel": R.at_least(1, 1024),
+        "conv1d_shift": R.at_least(1, 1024), "norm_groups": R.at_least(1, R.MAX_WIDTH),
+        "eps": R.EPS, "dropout": R.FRACTION, "attention_chunk": R.at_least(0, R.MAX_SEQ),
+        "mrstft_weight": R.WEIGHT,
+    }
+
     def __post_init__(self):
         # YAML and checkpoint configs give a list; the spec stores a (hashable) tuple.
         if isinstance(self.ffn_hidden_dim, list):
@@ -81,8 +93,9 @@ class TFLocoformerSpec:
                             f"before and after attention), got {ffn!r}")
         if self.n_fft % 2:
             raise SpecError(f"model.n_fft must be even, got {self.n_fft}")
-        if self.hop > self.n_fft:
-            raise SpecError(f"model.hop ({self.hop}) must be <= model.n_fft ({self.n_fft})")
+        if self.hop >= self.n_fft:   # the inverse STFT needs overlapping frames
+            raise SpecError(f"model.hop ({self.hop}) must be < model.n_fft ({self.n_fft}): the "
+                            f"inverse STFT needs overlapping frames (e.g. hop = n_fft / 4)")
         if self.emb_dim % self.norm_groups:
             raise SpecError(f"model.emb_dim ({self.emb_dim}) must be divisible by "
                             f"model.norm_groups ({self.norm_groups})")

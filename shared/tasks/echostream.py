@@ -23,6 +23,7 @@ class EchoStreamTask:
 
         d, m = config.data, config.model
         self.corpus = S2UTCorpus(d, m.src_vocab_size, m.tgt_vocab_size, m.n_units, out_dir / "data")
+        check_receptive_field(self.corpus, m)
         augment = (SpecAugment(freq_mask_width=d.freq_mask_width, num_freq_masks=d.num_freq_masks,
                                time_mask_width=d.time_mask_width, num_time_masks=d.num_time_masks)
                    if d.specaugment else None)
@@ -116,6 +117,22 @@ def echostream_media(task: EchoStreamTask, trainer) -> list:
 # Text per second of speech, for planning and synthetic batches: ~4 source and ~3 target
 # subword tokens, ~25 deduplicated discrete units (HuBERT units are 50 Hz before merging).
 SRC_TOKENS_PER_S, TGT_TOKENS_PER_S, UNITS_PER_S = 4.0, 3.0, 25.0
+
+
+def check_receptive_field(corpus, spec) -> None:
+    """Every utterance must give at least one encoder frame: the subsampler's two valid
+    convolutions read model.subsample_receptive_field fbank frames for the first one."""
+    from shared.errors import DataError
+
+    field = spec.subsample_receptive_field
+    for name, split in (("train", corpus.train), ("dev", corpus.dev)):
+        short = np.flatnonzero(split.frames < field)
+        if short.size:
+            u = split.utterances[short[0]]
+            raise DataError(f"{u.where}{u.audio} gives {split.frames[short[0]]} fbank frames, fewer "
+                            f"than the {field} one encoder frame reads with model.subsample_kernel="
+                            f"{spec.subsample_kernel} ({short.size} {name} utterances are that short); "
+                            f"lower model.subsample_kernel or remove the short utterances")
 
 
 def echostream_lengths(spec, seconds: float) -> dict[str, int]:

@@ -2,12 +2,13 @@
 (shared/data/musdb.py), evaluated by validation loss and SDR on whole tracks."""
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from shared.errors import DataError
+from shared.errors import ConfigError, DataError
 
 
 class SeparationTask:
@@ -83,6 +84,18 @@ def demo_dataset(root: Path, d) -> Path:
     return root
 
 
+def check_separation_config(config) -> None:
+    """A training segment must hold one STFT frame of the model (the STFT pads each end by
+    n_fft / 2 samples, reflected from inside the segment)."""
+    segment, n_fft = config.data.segment_samples, config.model.n_fft
+    if segment < n_fft:
+        shortest = n_fft / config.data.sample_rate
+        raise ConfigError(f"data.segment_seconds={config.data.segment_seconds:g} is {segment} samples "
+                          f"at data.sample_rate={config.data.sample_rate}, fewer than one STFT "
+                          f"frame of model.n_fft={n_fft}; use data.segment_seconds >= "
+                          f"{math.ceil(shortest * 1000) / 1000:g} or a smaller model.n_fft")
+
+
 def separation_batch(config, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Random stems of one training segment and their mixture."""
     spec = config.model
@@ -122,4 +135,4 @@ def separator_parts() -> dict:
 
     return dict(data_config=AudioDataConfig, task=SeparationTask, random_batch=separation_batch,
                 unit="audio_s", units_per_example=segment_seconds, inference="separation",
-                eval_media=separation_media)
+                eval_media=separation_media, check_config=check_separation_config)

@@ -13,6 +13,7 @@ import numpy as np
 
 from shared.errors import ConfigError
 from shared.planner.core import Allocation, MemoryModel, MemoryPlan, Term, overhead_term, static_terms
+from shared.ranges import MAX_LAYERS, MAX_WIDTH, Range
 from shared.registry import Family, register
 from shared.specs.base import BIAS, LINEAR, ParamSpec, check_int, count_params, torch_default_init
 
@@ -24,6 +25,10 @@ class RegressorSpec:
     hidden: int = 32
     depth: int = 2            # hidden layers
     out_dim: int = 2
+
+    # Valid ranges, checked when a config is loaded (shared/ranges.py).
+    RANGES = {"in_dim": Range(1, MAX_WIDTH), "hidden": Range(1, MAX_WIDTH),
+              "depth": Range(1, MAX_LAYERS), "out_dim": Range(1, MAX_WIDTH)}
 
     def __post_init__(self):
         for name in ("in_dim", "hidden", "depth", "out_dim"):
@@ -55,6 +60,9 @@ class RegressionDataConfig:
     noise: float = 0.01
     val_examples: int = 64
     seed: int = 0
+
+    RANGES = {"noise": Range(0.0, 10.0), "val_examples": Range(1, 100_000),
+              "seed": Range(0, 2 ** 32 - 1)}
 
     def validate(self):
         if self.noise < 0 or self.val_examples < 1:
