@@ -117,7 +117,7 @@ def test_full_track_iteration(root):
 def test_sampler_reads_only_the_segment(root, monkeypatch):
     calls = []
     real_read = sf.read
-    monkeypatch.setattr(musdb.sf, "read", lambda *a, **k: calls.append(k) or real_read(*a, **k))
+    monkeypatch.setattr(sf, "read", lambda *a, **k: calls.append(k) or real_read(*a, **k))
     RemixSampler(MusdbDataset(root, "train", sample_rate=SR), 1000, seed=0, min_rms=0).sample(0)
     assert len(calls) == 4 and all(k["frames"] == 1000 for k in calls)
 

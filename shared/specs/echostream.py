@@ -119,6 +119,7 @@ class EchoStreamSpec:
         "encoder_heads": R.at_least(1, R.MAX_HEADS), "encoder_ffn_dim": R.at_least(1, R.MAX_FFN),
         "subsample_channels": R.at_least(2, R.MAX_FFN), "subsample_kernel": R.at_least(2, 1024),
         "segment_length": R.at_least(1, 1 << 16), "left_context": R.at_least(0, 1 << 16),
+        "train_segment_lengths": R.at_least(0, 1 << 16),   # each value; 0: the whole utterance
         "right_context": R.at_least(0, 1 << 16), "max_memory_size": R.at_least(0, 1 << 16),
         "st_ctc_layers": R.at_least(0, R.MAX_LAYERS), "mt_embed_dim": R.at_least(1, R.MAX_WIDTH),
         "mt_layers": R.at_least(1, R.MAX_LAYERS), "mt_heads": R.at_least(1, R.MAX_HEADS),
