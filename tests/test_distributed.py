@@ -233,11 +233,14 @@ def test_two_rank_checkpoint_resumes_in_one_process(jobs, tmp_path, backend):
 
 
 def test_fsdp_equals_data_parallel(jobs):
-    """FSDP2's reduce-scatter divides before it sums: the weights may differ by an ulp."""
+    """Not to the bit: the gradient norm is summed shard by shard, then over the ranks
+    (measured: 1e-6 relative), and the reduce-scatter divides before it sums."""
     directory = jobs("torch")
-    assert_rows_close(rows(directory / "lm-fsdp"), rows(directory / "lm"), 1e-6)
+    assert_rows_close(rows(directory / "lm-fsdp"), rows(directory / "lm"), 1e-5)
     ours, theirs = final_weights(directory / "lm-fsdp"), final_weights(directory / "lm")
-    assert max(rel_err(ours[k], theirs[k]) for k in theirs) <= 1e-6
+    error = max(rel_err(ours[k], theirs[k]) for k in theirs)
+    print(f"FSDP2 vs data parallel: weights after 4 steps, max relative error {error:.2e}")
+    assert error <= 1e-5
 
 
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
