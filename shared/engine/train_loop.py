@@ -333,7 +333,7 @@ class Run:
         from shared.planner.hardware import get_profile
 
         try:
-            p = plan(self.config, backend)
+            p = plan(self.config, backend, world_size=self.world_size)
         except ValueError:
             return None, ""
         profile = get_profile(self.config.hardware.device)
