@@ -489,8 +489,14 @@ class Run:
         return self._interrupted
 
     def _on_interrupt(self, signum, frame):
-        if self._interrupted:  # a second Ctrl+C stops at once
+        # A second Ctrl+C stops at once. Under torchrun the same press arrives twice (from
+        # the terminal, then passed on by the launcher): a repeat within a second is one.
+        first = getattr(self, "_signal_at", None)
+        if first is not None and time.monotonic() - first > 1.0:
             raise KeyboardInterrupt
+        if first is not None:
+            return
+        self._signal_at = time.monotonic()
         self._interrupted = True
         self.log("Ctrl+C: finishing this step and saving a checkpoint (press again to abort)")
 
