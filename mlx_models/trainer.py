@@ -17,6 +17,7 @@ from mlx_models.blas import set_blas_threads
 from mlx_models.models import BACKEND, build_model
 from mlx_models.weights import get_weights, set_weights, to_numpy
 from shared.engine.config import available_cores, cpu_parts
+from shared.engine.distributed import SINGLE
 from shared.engine.layout import from_backend, to_backend
 from shared.errors import ConfigError
 from shared.registry import family_of, get_family
@@ -60,17 +61,27 @@ def batch_length(batch) -> int:
 class Trainer:
     backend = "mlx"
 
-    def __init__(self, spec, train, weights: dict[str, np.ndarray] | None = None):
+    def __init__(self, spec, train, weights: dict[str, np.ndarray] | None = None, collective=None):
         family = get_family(family_of(spec))
         self.spec, self.train_cfg, self.manifest = spec, train, family.manifest(spec)
+        # Several processes (mlx_models/distributed.py): data parallel, each rank evaluating
+        # its share of the validation set.
+        self.collective = self.eval_collective = collective or SINGLE
+        if train.parallel == "fsdp" and self.collective.world_size > 1:
+            raise ConfigError("train.parallel=fsdp is for torch: MLX's ring and MPI backends "
+                              "lack the sum_scatter sharded training needs; use "
+                              "train.parallel=ddp with MLX")
         self.model = build_model(spec, train.seed, weights)
+        if self.collective.world_size > 1:   # rank 0's initial weights on every rank
+            self.model.update(self.collective.broadcast(self.model.parameters()))
+            mx.eval(self.model.parameters())
         self.model.checkpoint_activations = train.gradient_checkpointing
         self.model.train()
         losses = family.backend(BACKEND)
         self._loss_fn, self._loss_terms_fn = losses.loss, losses.loss_terms
         self._batch_parts = family.batch_parts
         self.optimizer = make_optimizer(train)
-        mx.random.seed(train.seed)
+        mx.random.seed(train.seed + self.collective.rank)   # each rank its own dropout draws
         if train.precision == "fp16":
             raise ConfigError("train.precision=fp16 is for torch on CUDA; MLX trains in bf16 "
                              "(train.precision=bf16) or fp32")
@@ -128,7 +139,12 @@ class Trainer:
             total += loss.item()
         self.model.update(master)  # the forward left bf16 casts in place of the fp32 masters
         k = len(micro_batches)
-        return total / k, tree_map(lambda g: g / k, grads)
+        grads = tree_map(lambda g: g / k, grads)
+        if self.collective.world_size > 1:   # the mean over every rank's micro-batches
+            grads = self.collective.average_gradients(grads)
+            total = self.collective.sum(total)
+            k *= self.collective.world_size
+        return total / k, grads
 
     @property
     def parallel_parts(self) -> int:

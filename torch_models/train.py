@@ -11,5 +11,11 @@ def trainer():
     return Trainer
 
 
+def launcher():
+    """The job's ranks when a launcher started several (torch_models/distributed.py)."""
+    from torch_models.distributed import from_launcher
+    return from_launcher()
+
+
 if __name__ == "__main__":
-    sys.exit(main("torch", trainer))
+    sys.exit(main("torch", trainer, launcher=launcher))

@@ -8,10 +8,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from shared.engine.distributed import SINGLE
 from shared.errors import ConfigError
 from shared.registry import family_of, get_family
 from torch_models.models import BACKEND, build_model
-from torch_models.weights import from_numpy, get_weights, set_weights, to_numpy
+from torch_models.weights import from_numpy, get_weights, like, set_weights, to_numpy
 
 
 def default_device() -> torch.device:
@@ -38,14 +39,24 @@ class Trainer:
     backend = "torch"
 
     def __init__(self, spec, train, weights: dict[str, np.ndarray] | None = None,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, collective=None):
         family = get_family(family_of(spec))
         self.spec, self.train_cfg, self.manifest = spec, train, family.manifest(spec)
+        # Several processes (torch_models/distributed.py): each rank on its own device.
+        self.collective = collective or SINGLE
+        if device is None and collective is not None:
+            device = collective.device
         self.device = torch.device(device) if device is not None else default_device()
         torch.manual_seed(train.seed)
         self.model = build_model(spec, train.seed, weights).to(self.device)
         self.model.checkpoint_activations = train.gradient_checkpointing
         self.model.train()
+        self.sharded = False          # FSDP2: parameters, gradients and AdamW state sharded
+        if self.collective.world_size > 1:
+            self._replicate_or_shard(train)
+        # Ranks evaluate their shares of the validation set, unless every forward is a
+        # collective (FSDP): then every rank evaluates it all, in step.
+        self.eval_collective = None if self.sharded else self.collective
         losses = family.backend(BACKEND)
         self._loss_fn, self._loss_terms_fn = losses.loss, losses.loss_terms
         self.optimizer = make_optimizer(self.model, train)
@@ -59,6 +70,30 @@ class Trainer:
         # Compiling the backward and the optimizer step too was no faster on the CPU
         # (docs/benchmarks.md, "The torch step, prepared for a GPU").
         self._forward_loss = torch.compile(self._loss_fn) if train.compile else self._loss_fn
+
+    def _replicate_or_shard(self, train) -> None:
+        """Rank 0's initial weights on every rank; then, under train.parallel=fsdp, FSDP2's
+        fully_shard on each block (each element of the model's ModuleLists) and on the
+        model. fully_shard keeps the module and its attributes (EchoStream's loss reads
+        model.spec), unlike a DistributedDataParallel wrapper. Each rank then draws its own
+        dropout numbers."""
+        self.collective.broadcast_([p.data for p in self.model.parameters()])
+        torch.manual_seed(train.seed + self.collective.rank)
+        if train.parallel != "fsdp":
+            return
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mesh = init_device_mesh(self.device.type, (self.collective.world_size,))
+        # bf16 on CUDA: FSDP2 gathers bf16 parameters and reduces gradients in fp32.
+        policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+                  if train.precision == "bf16" and self.device.type == "cuda" else MixedPrecisionPolicy())
+        for module in list(self.model.modules()):
+            if isinstance(module, torch.nn.ModuleList):
+                for block in module:
+                    fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(self.model, mesh=mesh, mp_policy=policy)
+        self.sharded = True
 
     def _batch(self, batch):
         """A numpy batch (an array, or a dict of arrays) as tensors on the device."""
@@ -76,27 +111,40 @@ class Trainer:
                             enabled=self.autocast_dtype is not None):
             return self._forward_loss(self.model, self._batch(batch))
 
-    def _accumulate(self, micro_batches: list[np.ndarray]) -> torch.Tensor:
-        """Leave the mean gradient of equal-sized micro-batches in .grad; return the sum of
-        their losses as a float64 scalar on the device. Nothing here waits for the device:
-        the caller reads the sum back once per step. float64 because fp32 -> fp64 is exact
-        and fp64 addition in the same order is what summing the Python floats of loss.item()
-        did, so the mean is bit-identical to that."""
+    def _accumulate(self, micro_batches: list[np.ndarray]) -> tuple[torch.Tensor, int]:
+        """Leave the mean gradient of equal-sized micro-batches (of every rank's) in .grad;
+        return the sum of their losses as a float64 scalar on the device, and how many
+        micro-batches it sums. Nothing here waits for the device: the caller reads the sum
+        back once per step. float64 because fp32 -> fp64 is exact and fp64 addition in the
+        same order is what summing the Python floats of loss.item() did, so the mean is
+        bit-identical to that."""
         self.optimizer.zero_grad(set_to_none=True)
         k = len(micro_batches)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for batch in micro_batches:
+        for i, batch in enumerate(micro_batches):
+            if self.sharded:   # FSDP2 reduce-scatters once, after the last micro-batch
+                self.model.set_requires_gradient_sync(i == k - 1)
             loss = self._loss(batch)
             scaled = self.scaler.scale(loss / k) if self.scaler else loss / k
             scaled.backward()  # .grad sums across micro-batches; activations are freed
             total = total + loss.detach().double()
-        if self.scaler:
+        world = self.collective.world_size
+        if world > 1:
+            if not self.sharded:   # data parallel: one all-reduce of the gradients per step
+                params = [p for p in self.model.parameters() if p.requires_grad]
+                for p in params:   # a parameter no micro-batch used still takes part
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                self.collective.average_([p.grad for p in params])
+            self.collective.sum_(total)
+        if self.scaler:   # after the all-reduce: every rank sees the same inf and skips alike
             self.scaler.unscale_(self.optimizer)
-        return total
+        return total, k * world
 
     def gradients(self, micro_batches: list[np.ndarray]) -> float:
         """Mean loss over equal-sized micro-batches; their mean gradient is left in .grad."""
-        return self._accumulate(micro_batches).item() / len(micro_batches)
+        total, count = self._accumulate(micro_batches)
+        return total.item() / count
 
     def gradients_numpy(self, micro_batches: list[np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
         """gradients() in canonical names and layout (for tests and tools)."""
@@ -107,13 +155,17 @@ class Trainer:
     def train_step(self, micro_batches: list[np.ndarray], lr: float) -> dict:
         """Average gradients over the micro-batches, clip, update. A non-finite loss or
         gradient norm leaves weights and optimizer state untouched."""
-        total = self._accumulate(micro_batches)
+        total, count = self._accumulate(micro_batches)
         max_norm = self.train_cfg.max_grad_norm if self.train_cfg.max_grad_norm > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        params = list(self.model.parameters())
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        if self.sharded:   # FSDP2: the norm of the sharded gradients, reduced over the ranks
+            norm = norm.full_tensor()
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
         # The step's one read-back from the device: the loss sum and the norm together
         # (fp32 -> fp64 is exact, so the norm is the value norm.item() would give).
         total, norm = torch.stack([total, norm.detach().double()]).tolist()
-        loss = total / len(micro_batches)
+        loss = total / count
         # Under fp16 loss scaling an inf gradient norm usually means "scale too high":
         # the scaler skips that step and lowers the scale; only the loss says "bad step".
         finite = bool(np.isfinite(loss) and (self.scaler is not None or np.isfinite(norm)))
@@ -170,15 +222,24 @@ class Trainer:
         return out.float().cpu().numpy()
 
     # -- state for checkpoints and parity checks --------------------------------------
+    def _sharded_parameters(self) -> None:
+        """FSDP2 leaves the root's parameters gathered after a forward without gradients
+        (an evaluation); state is read from and written to the shards."""
+        if self.sharded:
+            self.model.reshard()
+
     def get_weights(self) -> dict[str, np.ndarray]:
+        self._sharded_parameters()
         return get_weights(self.model, self.manifest)
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        self._sharded_parameters()
         set_weights(self.model, self.manifest, weights, source="checkpoint")
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """AdamW moments under canonical names ("<param>.m", "<param>.v") plus "step":
         the same format mlx_models writes, so state moves across backends."""
+        self._sharded_parameters()
         params = dict(self.model.named_parameters())
         state, step = {}, 0
         for p in self.manifest:
@@ -191,6 +252,7 @@ class Trainer:
         return state
 
     def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        self._sharded_parameters()
         params = dict(self.model.named_parameters())
         # The fused kernel keeps its step counters (fp32) beside the parameters; the
         # per-parameter loop keeps them on the host.
@@ -200,8 +262,8 @@ class Trainer:
             param = params[p.name]
             self.optimizer.state[param] = {
                 "step": step.to(param.device, torch.float32, copy=True) if fused else step.clone(),
-                "exp_avg": from_numpy(state[f"{p.name}.m"]).to(param.device),
-                "exp_avg_sq": from_numpy(state[f"{p.name}.v"]).to(param.device)}
+                "exp_avg": like(from_numpy(state[f"{p.name}.m"]), param),
+                "exp_avg_sq": like(from_numpy(state[f"{p.name}.v"]), param)}
 
     def rng_state(self) -> dict[str, np.ndarray]:
         state = {"torch": torch.get_rng_state().numpy()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from shared.engine.checkpoint import check_weights
 from shared.engine.layout import from_backend, to_backend
@@ -11,10 +12,23 @@ from shared.specs.base import ParamSpec
 
 
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """The whole tensor as numpy; a sharded one (FSDP2's DTensor) is gathered first, which
+    every rank must do together."""
+    if isinstance(tensor, DTensor):
+        tensor = tensor.full_tensor()
     tensor = tensor.detach().cpu()
     if tensor.dtype == torch.bfloat16:  # numpy's bf16 comes from ml_dtypes; move the bits
         return tensor.view(torch.uint16).numpy().view(ml_dtypes.bfloat16)
     return tensor.numpy()
+
+
+def like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """`value` (a whole tensor) placed as `param` is: on its device, and sharded the same
+    way when `param` is an FSDP2 shard."""
+    value = value.to(param.device)
+    if isinstance(param, DTensor):
+        return distribute_tensor(value, param.device_mesh, param.placements)
+    return value
 
 
 def from_numpy(array: np.ndarray) -> torch.Tensor:
@@ -38,4 +52,4 @@ def set_weights(model: torch.nn.Module, manifest: list[ParamSpec],
     with torch.no_grad():
         for p in manifest:
             value = from_numpy(to_backend(weights[p.name], p.kind, "torch"))
-            params[p.name].data = value.to(params[p.name].device)
+            params[p.name].data = like(value, params[p.name])

@@ -42,13 +42,15 @@ def parser(backend: str) -> argparse.ArgumentParser:
     return p
 
 
-def main(backend: str, trainer, argv=None) -> int:
+def main(backend: str, trainer, argv=None, launcher=None) -> int:
     """`trainer`: the backend's Trainer class, or a function that imports and returns it.
     The function is called only when training starts, so --help, argument errors and config
-    errors never import the framework (torch takes seconds to import)."""
+    errors never import the framework (torch takes seconds to import). `launcher`: a
+    function that returns the job's collective when a launcher (torchrun, mlx.launch)
+    started several ranks, or None (shared/engine/distributed.py)."""
     args = parser(backend).parse_intermixed_args(argv)
     # Only these mean bad input; anything else is a bug and keeps its traceback.
-    return run_cli(lambda: train(args, backend, trainer),
+    return run_cli(lambda: train(args, backend, trainer, launcher),
                    errors=(ConfigError, SpecError, CheckpointError, DataError))
 
 
@@ -107,7 +109,7 @@ def run_directory(args, backend: str, ckpt: Path | None) -> Path:
     return out
 
 
-def train(args, backend: str, trainer) -> None:
+def train(args, backend: str, trainer, launcher=None) -> None:
     """`trainer`: a Trainer class or a function returning one (see main)."""
     from shared.engine.train_loop import Run, find_checkpoint
 
@@ -124,9 +126,11 @@ def train(args, backend: str, trainer) -> None:
         config = load_config(args.config, args.overrides)
     out = run_directory(args, backend, ckpt)
     trainer_cls = trainer if isinstance(trainer, type) else trainer()
+    collective = launcher() if launcher is not None else None
     start = time.perf_counter()
     try:
-        run = Run(config, trainer_cls, out, resume=ckpt, progress=not args.no_progress, force=args.force)
+        run = Run(config, trainer_cls, out, resume=ckpt, progress=not args.no_progress, force=args.force,
+                  collective=collective)
         state = run.train()
     except MemoryError as e:   # numpy's ArrayMemoryError: data or batches beyond this machine
         forced = " (--force ignored the memory plan)" if args.force else ""
@@ -134,6 +138,10 @@ def train(args, backend: str, trainer) -> None:
                           f"lower train.batch_size or the data sizes (segments, sequence "
                           f"length, validation set), or let the planner fit the config: "
                           f"python -m shared.plan --config CONFIG --fit") from None
+    if hasattr(collective, "close"):
+        collective.close()
+    if run.rank != 0:
+        return
     _, peak = run.memory_gb()
     if run.memory_source == "rss":   # the whole process: not what the planner predicts
         memory = f"process RSS {peak:.2f} GB (framework, data and Python included; no tensor statistics here)"

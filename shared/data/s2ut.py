@@ -489,7 +489,7 @@ class BucketBatcher:
     """Training batches as a pure function of (seed, sample position).
 
     Epoch e is a permutation from rng([seed, e]), trimmed to whole global batches (a
-    global batch is batch_size * world_size; the few utterances trimmed differ from
+    global batch is batch_size * world_size * accumulation; the few utterances trimmed differ from
     epoch to epoch). It is cut into windows of `sort_window_batches` global batches;
     each window is sorted by length and split into global batches whose order is then
     shuffled, so batches hold similar lengths but do not run short to long. Rank r takes
@@ -498,10 +498,12 @@ class BucketBatcher:
 
     def __init__(self, dataset: S2UTDataset, cmvn: CMVN, seed: int, max_tokens: int,
                  specaugment: SpecAugment | None = None, sort_window_batches: int = 50,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, accumulation: int = 1):
         self.data, self.cmvn, self.seed, self.max_tokens = dataset, cmvn, seed, max_tokens
         self.specaugment, self.window = specaugment, sort_window_batches
-        self.rank, self.world_size = rank, world_size
+        # The epochs are laid out in optimizer steps' batches (batch x accumulation x ranks),
+        # so N ranks read what one process accumulating N micro-batches reads.
+        self.rank, self.world_size, self.accumulation = rank, world_size, accumulation
         self._orders: dict[tuple[int, int], np.ndarray] = {}
 
     def epoch_size(self, global_batch: int) -> int:
@@ -531,7 +533,7 @@ class BucketBatcher:
     def indices(self, position: int, batch_size: int) -> list[tuple[int, int]]:
         """This rank's share of the global batch at sample `position`, before the
         max_tokens bound, as (sample number, utterance index) pairs."""
-        global_batch = batch_size * self.world_size
+        global_batch = batch_size * self.world_size * self.accumulation
         epoch_size = self.epoch_size(global_batch)
         first = position + self.rank * batch_size
         return [(g, int(self.epoch_order(g // epoch_size, global_batch)[g % epoch_size]))

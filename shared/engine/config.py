@@ -43,6 +43,7 @@ class TrainConfig:
     precision: str = "fp32"                # fp32 | bf16 | fp16 (fp16: torch CUDA only)
     compile: bool = False
     cpu_streams: int = 0                   # MLX on a CPU: parallel parts per micro-batch; 0: one per core
+    parallel: str = "ddp"                  # several ranks: ddp (replicas) | fsdp (torch: FSDP2 shards)
     log_every: int = 10
     eval_every: int = 100
     eval_batches: int = 20
@@ -78,6 +79,8 @@ class TrainConfig:
         if not self.min_lr <= self.learning_rate:
             raise ConfigError(f"train.min_lr must be in [0, learning_rate={self.learning_rate}], "
                               f"got {self.min_lr}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ConfigError(f"train.parallel must be ddp or fsdp, got {self.parallel!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got {self.precision!r}")
         from shared.engine.tracking import SINKS

@@ -42,6 +42,7 @@ from shared.engine.checkpoint import (completed_checkpoints, earlier_checkpoint_
 from shared.engine.durable import (append_line, atomic_write_bytes, fsync_file, remove_leftovers,
                                    temp_path, write_point)
 from shared.engine.config import RunConfig
+from shared.engine.distributed import SINGLE, any_rank, gather_objects
 from shared.engine.run_files import TRAIN_STATE, checked_train_state, find_checkpoint  # noqa: F401
 from shared.engine.schedule import lr_at
 from shared.engine.tasks import data_file_problem, make_task, same_data_file
@@ -61,6 +62,8 @@ class TrainState:
     best_val_loss: float = math.inf
     skipped_steps: int = 0
     bad_steps_in_row: int = 0
+    world_size: int = 1         # ranks that trained it
+    global_batch: int = 0       # examples per optimizer step: batch x accumulation x ranks (0: unknown)
 
 
 def read_train_state(ckpt: Path) -> TrainState:
@@ -187,12 +190,17 @@ def _row_step(line: str) -> float:
 class Run:
     """A training run in a run directory. `progress`: a progress bar when stderr is a
     terminal; otherwise (and with progress=False) a plain line every train.log_every steps.
-    `force`: train even when the memory plan says the config does not fit the device."""
+    `force`: train even when the memory plan says the config does not fit the device.
+    `collective`: the job's ranks when several processes train (shared/engine/distributed.py);
+    every rank builds a Run, reads its share of each batch, and only rank 0 writes."""
 
     def __init__(self, config: RunConfig, trainer_cls, out_dir: str | Path,
                  resume: str | Path | None = None, rank: int = 0, world_size: int = 1,
-                 progress: bool = True, force: bool = False):
+                 progress: bool = True, force: bool = False, collective=None):
         self.config, self.out = config, Path(out_dir)
+        self.collective = collective or SINGLE
+        if collective is not None:
+            rank, world_size = collective.rank, collective.world_size
         self.rank, self.world_size = rank, world_size
         self.progress = progress and sys.stderr.isatty()
         tc = config.train
@@ -206,9 +214,15 @@ class Run:
         else:
             weights = initial_weights(config)
         self.predicted_peak, plan_line = self._check_memory_plan(trainer_cls.backend, force)
-        self.task = make_task(config, self.out, rank, world_size)
+        # Data and tokenizers are built once, by rank 0; the other ranks then read them.
+        if rank == 0:
+            self.task = make_task(config, self.out, rank, world_size)
+        self.collective.barrier()
+        if rank != 0:
+            self.task = make_task(config, self.out, rank, world_size)
         self.state = TrainState()
-        self.trainer = trainer_cls(config.model, tc, weights)
+        parallel = {"collective": self.collective} if world_size > 1 else {}
+        self.trainer = trainer_cls(config.model, tc, weights, **parallel)
         if plan_line:
             self.log(plan_line)
         if resume is not None:
@@ -216,7 +230,7 @@ class Run:
         elif tc.init_from:
             self.log(f"starting from the weights of {tc.init_from}"
                      + (f" (kept at their initial values: {', '.join(tc.init_exclude)})" if tc.init_exclude else ""))
-        if rank == 0:
+        if self.rank == 0:
             atomic_write_bytes(self.out / "config.yaml",
                                yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
         self._interrupted = False
@@ -239,15 +253,44 @@ class Run:
             raise ConfigError(f"{ckpt} is at step {state.step} and train.max_steps is {max_steps}: "
                               f"nothing to train; raise train.max_steps, e.g. "
                               f"train.max_steps={state.step + max_steps}")
+        self._check_world_size(ckpt, state)
         self._check_data_files(ckpt)
         extra = load_safetensors(ckpt / TRAINER_STATE)
         self.trainer.load_optimizer_state({k[4:]: v for k, v in extra.items() if k.startswith("opt.")})
-        if not self.trainer.set_rng_state({k[4:]: v for k, v in extra.items() if k.startswith("rng.")}):
+        # Rank r's random state is saved as rng.rank<r>.* (rank 0's as rng.*).
+        prefix = f"rng.rank{self.rank}." if self.rank else "rng."
+        rng = {k[len(prefix):]: v for k, v in extra.items()
+               if k.startswith(prefix) and (self.rank or not k.startswith("rng.rank"))}
+        if not rng and self.rank:
+            print(f"note: {ckpt} holds no random state for rank {self.rank} (it was trained by "
+                  f"{state.world_size} ranks): this rank's dropout draws new random numbers",
+                  file=sys.stderr, flush=True)
+        elif not self.trainer.set_rng_state(rng):
             self.log(f"note: {ckpt} was written by another backend; weights, optimizer and data "
                      f"position carry over, but dropout draws new random numbers")
         self.state = state
-        self._drop_metrics_after(self.state.step)
+        if self.rank == 0:
+            self._drop_metrics_after(self.state.step)
         self.log(f"resumed from {ckpt} at step {self.state.step}")
+
+    def _check_world_size(self, ckpt: Path, state: TrainState) -> None:
+        """Another number of ranks may continue a run if each optimizer step still sees as
+        many examples (batch x accumulation x ranks): the data position and the schedule
+        then mean the same."""
+        tc = self.config.train
+        now = tc.batch_size * tc.gradient_accumulation_steps * self.world_size
+        if state.world_size == self.world_size or not state.global_batch or state.global_batch == now:
+            return
+        per_rank = tc.batch_size * self.world_size
+        fix = (f"train.gradient_accumulation_steps={state.global_batch // per_rank}"
+               if state.global_batch % per_rank == 0 else
+               f"train.batch_size and train.gradient_accumulation_steps whose product times "
+               f"{self.world_size} is {state.global_batch}")
+        raise ConfigError(f"{ckpt} was trained by {state.world_size} rank(s) with "
+                          f"{state.global_batch} examples per optimizer step; here {self.world_size} "
+                          f"rank(s) x train.batch_size={tc.batch_size} x "
+                          f"train.gradient_accumulation_steps={tc.gradient_accumulation_steps} "
+                          f"give {now}: keep the global batch, e.g. {fix}")
 
     def _check_data_files(self, ckpt: Path) -> None:
         """The resumed model must see the tokens it was trained on: a run whose data now
@@ -279,7 +322,8 @@ class Run:
 
     def save(self, name: str) -> Path:
         """Write a checkpoint atomically; a failure leaves earlier checkpoints intact.
-        Non-finite weights (a diverged run) are never saved."""
+        Non-finite weights (a diverged run) are never saved. Every rank takes part (sharded
+        weights are gathered, every rank's random state is kept); rank 0 writes."""
         weights = self.trainer.get_weights()
         broken = next((k for k, v in weights.items() if not np.isfinite(v).all()), None)
         if broken is not None:
@@ -287,19 +331,22 @@ class Run:
                               f"run diverged), so no checkpoint {name} was written; lower "
                               f"train.learning_rate and {self._restart_hint()}")
         tensors = {f"opt.{k}": v for k, v in self.trainer.optimizer_state().items()}
-        tensors |= {f"rng.{k}": v for k, v in self.trainer.rng_state().items()}
-        extra = {TRAINER_STATE: tensors, TRAIN_STATE: json.dumps(asdict(self.state)).encode(),
-                 **self.task.checkpoint_files()}
-        metrics = self.out / "metrics.jsonl"
-        if metrics.is_file():   # the rows this checkpoint covers survive a power loss with it
-            fsync_file(metrics)
-        target = self.out / "checkpoints" / name
-        try:
-            self._check_free_space(target, [weights, tensors, *extra.values()])
-            path = save_checkpoint(target, weights, self.config.to_dict(), extra_files=extra)
-        except StorageError as e:
-            raise self._stopped(e) from None
-        self._prune()
+        for rank, rng in enumerate(gather_objects(self.collective, self.trainer.rng_state())):
+            tensors |= {(f"rng.rank{rank}.{k}" if rank else f"rng.{k}"): v for k, v in rng.items()}
+        path = self.out / "checkpoints" / name
+        if self.rank == 0:
+            extra = {TRAINER_STATE: tensors, TRAIN_STATE: json.dumps(asdict(self.state)).encode(),
+                     **self.task.checkpoint_files()}
+            metrics = self.out / "metrics.jsonl"
+            if metrics.is_file():   # the rows this checkpoint covers survive a power loss with it
+                fsync_file(metrics)
+            try:
+                self._check_free_space(path, [weights, tensors, *extra.values()])
+                path = save_checkpoint(path, weights, self.config.to_dict(), extra_files=extra)
+            except StorageError as e:
+                raise self._stopped(e) from None
+            self._prune()
+        self.collective.barrier()   # no rank runs ahead of a checkpoint being written
         return path
 
     def _stopped(self, error: StorageError) -> StorageError:
@@ -350,7 +397,7 @@ class Run:
         from shared.planner.hardware import get_profile
 
         try:
-            p = plan(self.config, backend)
+            p = plan(self.config, backend, world_size=self.world_size)
         except ValueError:
             return None, ""
         profile = get_profile(self.config.hardware.device)
@@ -425,6 +472,8 @@ class Run:
         tc, st = self.config.train, self.state
         last = tc.max_steps if stop_after is None else min(stop_after, tc.max_steps)
         self.step_at_start, self.samples_at_start = st.step, st.samples_seen
+        st.world_size = self.world_size
+        st.global_batch = tc.batch_size * tc.gradient_accumulation_steps * self.world_size
         units_per_step = (tc.batch_size * tc.gradient_accumulation_steps * self.world_size
                           * self.task.units_per_sample)
         unit = get_family(self.config.family).unit
@@ -442,7 +491,7 @@ class Run:
                 self.record(row)
                 self._check_finite(row)
             batches = prefetch(self._step_batches, st.step, last)
-            while st.step < last and not self._interrupted:
+            while st.step < last and not self._stop_requested():
                 lr = lr_at(st.step, tc.learning_rate, tc.min_lr, tc.warmup_steps, tc.max_steps)
                 micro = unflatten_micro_batches(next(batches))
                 st.samples_seen += len(micro) * tc.batch_size * self.world_size
@@ -492,7 +541,7 @@ class Run:
                         self.save("best")
                 if st.step % tc.save_every == 0 or st.step == tc.max_steps:
                     self.save(f"step_{st.step:08d}")
-            if self._interrupted or (st.step == last < tc.max_steps and st.step % tc.save_every):
+            if self._stop_requested() or (st.step == last < tc.max_steps and st.step % tc.save_every):
                 path = self.save(f"step_{st.step:08d}")
                 self.log(f"stopped at step {st.step}: saved {path}; continue with --resume {self.out}")
             if st.bad_steps_in_row and not self._interrupted:
@@ -532,9 +581,22 @@ class Run:
                               f"longer computes finite values (the run diverged); lower "
                               f"train.learning_rate and {self._restart_hint()}")
 
+    def _stop_requested(self) -> bool:
+        """Ctrl+C on any rank stops every rank after the same step (the launcher passes
+        the signal on, but the ranks need not see it between the same steps)."""
+        if self.world_size > 1:
+            self._interrupted = any_rank(self.collective, self._interrupted)
+        return self._interrupted
+
     def _on_interrupt(self, signum, frame):
-        if self._interrupted:  # a second Ctrl+C stops at once
+        # A second Ctrl+C stops at once. Under torchrun the same press arrives twice (from
+        # the terminal, then passed on by the launcher): a repeat within a second is one.
+        first = getattr(self, "_signal_at", None)
+        if first is not None and time.monotonic() - first > 1.0:
             raise KeyboardInterrupt
+        if first is not None:
+            return
+        self._signal_at = time.monotonic()
         self._interrupted = True
         self.log("Ctrl+C: finishing this step and saving a checkpoint (press again to abort)")
 

@@ -139,8 +139,9 @@ def overhead_term(backend: str, device_type: str) -> Term:
 
 
 # ----------------------------------------------------------------------------- dispatch
-def plan(config, backend: str, attention: str | None = None) -> MemoryPlan:
-    """The predicted memory of one training step of `config` on `backend`."""
+def plan(config, backend: str, attention: str | None = None, world_size: int = 1) -> MemoryPlan:
+    """The predicted memory of one training step of `config` on `backend`, per device when
+    `world_size` ranks train (shared/planner/parallel.py)."""
     if backend not in ("mlx", "torch"):
         raise ValueError(f"unknown backend {backend!r}; expected mlx or torch")
     device_type = "cpu" if config.hardware.device == "cpu" else "cuda"
@@ -153,6 +154,9 @@ def plan(config, backend: str, attention: str | None = None) -> MemoryPlan:
                      f"{parts} parts of each micro-batch on parallel CPU streams "
                      f"(train.cpu_streams), one float32 gradient each")
         result = dataclasses.replace(result, terms=result.terms + [extra])
+    if world_size > 1:
+        from shared.planner.parallel import per_device
+        result = per_device(result, config, world_size)
     return result
 
 

@@ -3,6 +3,7 @@
     python -m shared.plan --config configs/m4max.yaml --device m4max_36gb
     python -m shared.plan --config configs/cuda_lm.yaml --device rtx_32gb --backend torch
     python -m shared.plan --config configs/m4max.yaml --device m4max_36gb --fit --out my.yaml
+    python -m shared.plan --config configs/cuda_lm.yaml --device rtx_32gb --world-size 4 train.parallel=fsdp
 """
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", choices=["flash", "math"],
                    help="torch only: SDPA kernel assumed (default flash on CUDA, math on CPU)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p.add_argument("--world-size", type=int, default=1, metavar="N",
+                   help="ranks training together (torchrun --nproc_per_node, mlx.launch -n): "
+                        "the plan is per device, for train.parallel (ddp: a replica each; "
+                        "fsdp: weights, gradients and optimizer state divided by N)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--fit", action="store_true",
                    help="find the fastest config that fits and write it (see --out)")
@@ -40,15 +45,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def report(config, profile, backend, attention) -> dict:
-    p = plan(config, backend, attention)
+def report(config, profile, backend, attention, world_size: int = 1) -> dict:
+    p = plan(config, backend, attention, world_size)
     budget = budget_bytes(profile)
     static = p.term("weights") + p.term("optimizer state") + p.term("gradients")
     return {
         "backend": backend, "device": profile.name, "calibrated": p.calibrated,
         "terms": [asdict(t) for t in p.terms], "peak_gb": p.peak_bytes / GB,
         "budget_gb": budget / GB, "fits": p.peak_bytes <= budget,
-        "largest": asdict(p.largest), "static_gb": static / GB,
+        "largest": asdict(p.largest), "static_gb": static / GB, "world_size": world_size,
+        "parallel": config.train.parallel,
         "suggestions": [asdict(s) | {"peak_gb": s.peak_bytes / GB, "fits": s.peak_bytes <= budget}
                         for s in suggestions(config, backend, attention)],
     } | ({"calibration": p.calibration} if p.calibration else {})
@@ -58,8 +64,10 @@ def print_report(r: dict, config_path: str, profile) -> None:
     w = sys.stdout.write
     cal = r.get("calibration") or ("calibrated on MLX" if r["calibrated"]
                                    else "derived, not yet calibrated on this backend")
+    ranks = (f", per device of {r['world_size']} ranks ({r['parallel']})"
+             if r["world_size"] > 1 else "")
     w(f"Memory plan: {config_path} on {profile.name} ({profile.description}), backend "
-      f"{r['backend']} ({cal})\n\n")
+      f"{r['backend']} ({cal}){ranks}\n\n")
     w(f"  {'term':<34} {'GB':>8}   detail\n")
     for t in r["terms"]:
         w(f"  {t['name']:<34} {t['bytes'] / GB:>8.2f}   {t['detail']}\n")
@@ -99,7 +107,9 @@ def main(argv=None) -> int:
         config = with_overrides(load_config(args.config, args.overrides),
                                 {"hardware.device": profile.name})
         backend = args.backend or profile.backend
-        r = report(config, profile, backend, args.attention)
+        if args.world_size < 1:
+            raise ConfigError(f"--world-size must be >= 1, got {args.world_size}")
+        r = report(config, profile, backend, args.attention, args.world_size)
         if args.fit:
             fitted, fitted_plan = fit(config, backend, profile, args.attention)
             if fitted is None:

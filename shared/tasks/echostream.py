@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.engine.distributed import shard_map
+
 
 class EchoStreamTask:
     """Speech-to-unit translation (EchoStream) on fairseq S2UT manifests (a generated demo
@@ -28,7 +30,8 @@ class EchoStreamTask:
                                time_mask_width=d.time_mask_width, num_time_masks=d.num_time_masks)
                    if d.specaugment else None)
         self.batcher = BucketBatcher(self.corpus.train, self.corpus.cmvn, config.train.seed,
-                                     d.max_tokens, augment, d.sort_window_batches, rank, world_size)
+                                     d.max_tokens, augment, d.sort_window_batches, rank, world_size,
+                                     config.train.gradient_accumulation_steps)
         self.dev_batches = eval_batches(self.corpus.dev, self.corpus.cmvn, config.train.batch_size,
                                         d.max_tokens, d.dev_max_utterances)
         # greedy MT decoding stops at EOS or at twice the longest dev target (+ slack)
@@ -54,12 +57,17 @@ class EchoStreamTask:
         sums, count = {}, 0
         refs = {"src": [], "tgt": [], "units": []}
         hyps = {"asr": [], "mt": [], "st": [], "units": []}
-        for indices, batch in self.dev_batches:
+        def run_batch(indexed_batch):
+            _, batch = indexed_batch
+            return trainer.eval_terms(batch), trainer.decode(batch, max_target_len=self.max_target_len)
+
+        # Several ranks: each evaluates its share of the dev batches (shard_map).
+        outputs = shard_map(trainer, run_batch, self.dev_batches)
+        for (indices, _), (terms, out) in zip(self.dev_batches, outputs):
             n = len(indices)
-            for name, value in trainer.eval_terms(batch).items():
+            for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value * n    # utterance-weighted means
             count += n
-            out = trainer.decode(batch, max_target_len=self.max_target_len)
             for b, i in enumerate(indices):
                 utt = dev.utterances[i]
                 refs["src"].append(utt.src_text)

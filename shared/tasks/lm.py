@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.data.lm_text import LMDataset, WindowSampler, eval_batches
+from shared.engine.distributed import shard_map
 
 
 class LMTask:
@@ -25,7 +26,7 @@ class LMTask:
         return self.sampler.batch(position, batch_size)
 
     def evaluate(self, trainer) -> dict:
-        val_loss = float(np.mean([trainer.eval_loss(b) for b in self.val_batches]))
+        val_loss = float(np.mean(shard_map(trainer, trainer.eval_loss, self.val_batches)))
         return {"val_loss": val_loss, "val_ppl": float(math.exp(min(val_loss, 50)))}
 
     def checkpoint_files(self) -> dict[str, bytes]:

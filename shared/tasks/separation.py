@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.engine.distributed import shard_map
 from shared.errors import ConfigError, DataError
 
 
@@ -52,15 +53,20 @@ class SeparationTask:
         from shared.eval.separation import chunk_sdr, chunk_sdr_over_tracks, sdr, usdr_over_tracks
         from shared.audio.chunked import separate
 
-        row = {"val_loss": float(np.mean([trainer.eval_loss(b) for b in self.val_batches]))}
-        per_stem = {stem: {"usdr": [], "chunk_sdr": []} for stem in STEMS}
-        for i in range(self.val_tracks):
+        def scores(i: int) -> list[tuple[float, float]]:
+            """(uSDR, chunk SDR) of each stem of validation track i."""
             track = self.valid.load(i)
             estimate = separate(track["mixture"], trainer.predict, self.segment)
-            for s, stem in enumerate(STEMS):
-                per_stem[stem]["usdr"].append(sdr(track["sources"][s], estimate[s]))
-                per_stem[stem]["chunk_sdr"].append(
-                    chunk_sdr(track["sources"][s], estimate[s], self.sample_rate))
+            return [(sdr(track["sources"][s], estimate[s]),
+                     chunk_sdr(track["sources"][s], estimate[s], self.sample_rate)) for s in range(len(STEMS))]
+
+        # Several ranks: each scores its share of the segments and tracks (shard_map).
+        row = {"val_loss": float(np.mean(shard_map(trainer, trainer.eval_loss, self.val_batches)))}
+        per_stem = {stem: {"usdr": [], "chunk_sdr": []} for stem in STEMS}
+        for track_scores in shard_map(trainer, scores, range(self.val_tracks)):
+            for stem, (usdr, chunked) in zip(STEMS, track_scores):
+                per_stem[stem]["usdr"].append(usdr)
+                per_stem[stem]["chunk_sdr"].append(chunked)
         for stem, scores in per_stem.items():
             row[f"usdr_{stem}"] = usdr_over_tracks(scores["usdr"])
             row[f"chunk_sdr_{stem}"] = chunk_sdr_over_tracks(scores["chunk_sdr"])
