@@ -3,6 +3,7 @@ LM's perplexity on text files.
 
     python -m mlx_models.evaluate --checkpoint RUN --data MUSDB18HQ [--split test]
     python -m mlx_models.evaluate --checkpoint RUN --text held_out.txt [--stride 256]
+    python -m mlx_models.evaluate --checkpoint RUN --manifest dev.tsv [--chunk-ms 160,320,640,0]
 """
 import sys
 
@@ -36,7 +37,16 @@ def token_nll_runner(model):
     return token_nll
 
 
-RUNNERS = {"separation": chunk_runner, "generation": token_nll_runner}
+def stream_session_factory(model):
+    """new_session(segment_length) -> a streaming session (mlx_models/stream.py)."""
+    from mlx_models.stream import StreamSession
+
+    model.eval()
+    return lambda segment_length=None: StreamSession(model, segment_length)
+
+
+RUNNERS = {"separation": chunk_runner, "generation": token_nll_runner,
+           "streaming": stream_session_factory}
 
 if __name__ == "__main__":
     sys.exit(main("mlx", build, RUNNERS))

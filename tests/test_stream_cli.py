@@ -135,3 +135,25 @@ def test_simuleval_with_our_agent_scores_what_our_evaluation_scores(checkpoint, 
     assert ours["bleu"] == pytest.approx(theirs["BLEU"], abs=1e-3)
     for name in LATENCY_METRICS:   # SimulEval rounds to 3 decimals
         assert ours["text_latency_ms"][name] == pytest.approx(theirs[name], abs=2e-3), name
+
+
+@pytest.mark.slow
+def test_evaluate_writes_the_quality_latency_curve_and_keeps_it(checkpoint, tmp_path):
+    manifest = checkpoint / "data" / "synth_s2ut" / "dev.tsv"
+    out = tmp_path / "curve"
+    args = ("--checkpoint", str(checkpoint), "--manifest", str(manifest), "--max-utterances", "2",
+            "--chunk-ms", "320,0", "--out", str(out))
+    r = run("torch_models.evaluate", *args)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((out / "results.json").read_text())
+    assert [row["chunk"] for row in rows] == ["320 ms", "whole"]
+    for row in rows:
+        assert row["utterances"] == 2 and set(row["text_latency_ms"]) >= {"AL", "LAAL", "AP", "DAL"}
+        assert 0 <= row["unit_error_rate"] and 0 <= row["bleu"] <= 100
+    # the whole utterance is read before anything is written: every word waits for the end
+    assert rows[1]["text_latency_ms"]["StartOffset"] >= rows[0]["text_latency_ms"]["StartOffset"]
+    assert (out / "curve.png").stat().st_size > 0 and "| 320 ms |" in (out / "curve.md").read_text()
+    before = (out / "results.json").read_bytes()
+    r = run("torch_models.evaluate", *args)
+    assert r.returncode == 2 and "--force" in r.stderr.strip().splitlines()[-1]
+    assert (out / "results.json").read_bytes() == before

@@ -3,6 +3,7 @@ or an LM's perplexity on text files.
 
     python -m torch_models.evaluate --checkpoint RUN --data MUSDB18HQ [--split test]
     python -m torch_models.evaluate --checkpoint RUN --text held_out.txt [--stride 256]
+    python -m torch_models.evaluate --checkpoint RUN --manifest dev.tsv [--chunk-ms 160,320,640,0]
 """
 import sys
 
@@ -44,7 +45,16 @@ def token_nll_runner(model):
     return token_nll
 
 
-RUNNERS = {"separation": separation_runner, "generation": token_nll_runner}
+def stream_session_factory(model):
+    """new_session(segment_length) -> a streaming session (torch_models/stream.py)."""
+    from torch_models.stream import StreamSession
+
+    device = next(model.parameters()).device
+    return lambda segment_length=None: StreamSession(model.eval(), device, segment_length)
+
+
+RUNNERS = {"separation": separation_runner, "generation": token_nll_runner,
+           "streaming": stream_session_factory}
 
 if __name__ == "__main__":
     sys.exit(main("torch", build, RUNNERS))

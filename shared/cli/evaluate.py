@@ -7,12 +7,16 @@ the numbers users compare with papers, for a trained checkpoint.
                              (shared/eval/bss_eval.py): museval's JSON per track, a summary
     LM + --text FILE...      perplexity with a strided sliding window, counted as Hugging
                              Face's guide counts it (shared/eval/perplexity.py)
+    streaming translator     every utterance translated while it is read, at each
+      + --manifest FILE      --chunk-ms: BLEU, WER, unit error rate and SimulEval's
+                             latency, a table and a PNG (shared/eval/streaming.py)
 
 What a checkpoint can be evaluated on follows its family's inference kind
-(shared/registry.py: Family.inference): "separation" or "generation". The backend
+(shared/registry.py: Family.inference): "separation", "generation" or "streaming". The backend
 supplies `build(spec, weights) -> model` and, per kind, a runner made from the model:
 "separation": run_chunks((N, C, T) float32) -> (N, S, C, T) (as for `separate`);
-"generation": token_nll(ids (L,) int32) -> (L - 1,) next-token negative log-likelihoods.
+"generation": token_nll(ids (L,) int32) -> (L - 1,) next-token negative log-likelihoods;
+"streaming": new_session(segment_length) -> a stream session (shared/simultaneous.py).
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from shared.cli.separate import add_chunk_options, check_chunk_options, chunk_sa
 from shared.engine.checkpoint import CONFIG_FILE, open_checkpoint, resolve_checkpoint
 from shared.errors import CheckpointError, DataError, DependencyError
 from shared.registry import families, get_family
+from shared.simultaneous import POLICIES
 
 SUMMARY_FILES = ("summary.json", "summary.txt")
 PERPLEXITY_FILE = "perplexity.json"
@@ -37,8 +42,9 @@ def parser(backend: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"python -m {backend}_models.evaluate",
         description=f"Evaluate a checkpoint with {backend}: a separator on a MUSDB18-HQ split "
-                    f"(--data; museval BSS Eval v4 and uSDR), or an LM's perplexity on text "
-                    f"files (--text).")
+                    f"(--data; museval BSS Eval v4 and uSDR), an LM's perplexity on text "
+                    f"files (--text), or EchoStream's simultaneous translation quality and "
+                    f"latency on an S2UT manifest (--manifest).")
     p.add_argument("--checkpoint", required=True,
                    help="checkpoint or run directory (its best checkpoint, else its newest); "
                         "for --text also a Hugging Face Llama directory")
@@ -64,6 +70,17 @@ def parser(backend: str) -> argparse.ArgumentParser:
                     help="tokens the window moves by (default: half of --max-length)")
     lm.add_argument("--tokenizer", help="SentencePiece model (default: the checkpoint's "
                                         "tokenizer.model)")
+    st = p.add_argument_group("simultaneous translation (an EchoStream checkpoint)")
+    st.add_argument("--manifest", help="an S2UT manifest (the training format: id, src_audio, "
+                                       "src_text, tgt_text, tgt_audio units): quality and latency "
+                                       "at each --chunk-ms")
+    st.add_argument("--chunk-ms", default="160,320,640,0",
+                    help="comma-separated READ chunk sizes in ms, 0 for the whole utterance "
+                         "(default 160,320,640,0): one point of the quality-latency curve each")
+    st.add_argument("--policy", choices=POLICIES, default="ctc", help="when to write (see stream --help)")
+    st.add_argument("--k", type=int, default=0, help="the policy's lag")
+    st.add_argument("--max-target-len", type=int, default=200, help="MT decoder tokens at most")
+    st.add_argument("--max-utterances", type=int, help="evaluate only the first N rows")
     return p
 
 
@@ -104,10 +121,14 @@ def main(backend: str, build: Callable, runners: dict[str, Callable], argv=None)
     args = parser(backend).parse_args(argv)
 
     def run():
-        if (args.data is None) == (args.text is None):
-            raise DataError("give --data DIR (a separator: museval scores on a MUSDB18-HQ "
-                            "split) or --text FILE... (an LM: perplexity), one of the two")
-        if args.data is not None:
+        given = [name for name in ("data", "text", "manifest") if getattr(args, name) is not None]
+        if len(given) != 1:
+            raise DataError("give one of --data DIR (a separator: museval scores on a MUSDB18-HQ "
+                            "split), --text FILE... (an LM: perplexity) or --manifest FILE (EchoStream: "
+                            "simultaneous translation quality and latency)")
+        if args.manifest is not None:
+            check_stream_options(args)
+        elif args.data is not None:
             from shared.eval.bss_eval import require_museval
 
             check_chunk_options(args)
@@ -118,13 +139,15 @@ def main(backend: str, build: Callable, runners: dict[str, Callable], argv=None)
             check_text_options(args)
         source = open_source(args.checkpoint)
         kind = source.family.inference
-        wanted = "separation" if args.data is not None else "generation"
+        wanted = {"data": "separation", "text": "generation", "manifest": "streaming"}[given[0]]
         if kind != wanted:
-            what = {"separation": "a separator (--data)", "generation": "an LM (--text)"}
+            what = {"separation": "a separator (--data)", "generation": "an LM (--text)",
+                    "streaming": "a streaming translator (--manifest)"}
             raise CheckpointError(f"{source.path} holds a {source.family.name!r} model, not "
-                                  f"{what[wanted]}; evaluate scores separators on --data and "
-                                  f"LMs on --text")
-        evaluate = evaluate_separation if wanted == "separation" else evaluate_perplexity
+                                  f"{what[wanted]}; evaluate scores separators on --data, "
+                                  f"LMs on --text and streaming translators on --manifest")
+        evaluate = {"separation": evaluate_separation, "generation": evaluate_perplexity,
+                    "streaming": evaluate_streaming}[wanted]
         evaluate(args, backend, source, lambda: runners[kind](build(source.spec, source.weights)))
     return run_cli(run, errors=(CheckpointError, DataError, DependencyError, ValueError))
 
@@ -266,3 +289,57 @@ def evaluate_perplexity(args, backend: str, source: Source, make_runner: Callabl
         (out / PERPLEXITY_FILE).write_text(json.dumps(report, indent=2) + "\n")
     print(f"[{backend}] {result.windows} windows in {time.perf_counter() - start:.1f} s",
           file=sys.stderr)
+
+
+# ------------------------------------------------------------------ simultaneous translation
+CURVE_FILES = ("results.json", "curve.md", "curve.png")
+
+
+def chunk_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DataError(f"--chunk-ms takes comma-separated integers (0: whole utterance), got {text!r}") from None
+    if not sizes or any(v != 0 and v < 10 for v in sizes):
+        raise DataError(f"--chunk-ms sizes must be >= 10 ms (or 0: the whole utterance), got {text!r}")
+    return sizes
+
+
+def check_stream_options(args) -> None:
+    chunk_sizes(args.chunk_ms)
+    if not Path(args.manifest).is_file():
+        raise DataError(f"--manifest {args.manifest}: no such file")
+    for name, low in (("k", 0), ("max_target_len", 1), ("max_utterances", 1)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise DataError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+
+
+def evaluate_streaming(args, backend: str, source: Source, make_runner: Callable) -> None:
+    """Every utterance of the manifest translated while it is read, at each chunk size:
+    BLEU, ASR WER, unit error rate and SimulEval's latency (shared/eval/streaming.py)."""
+    from shared.cli.stream import checkpoint_companions
+    from shared.data.s2ut import load_audio, read_manifest
+    from shared.eval.streaming import curve_table, evaluate_simultaneous, write_curve
+
+    if args.out:
+        out = Path(args.out)
+    elif source.run_dir is not None:
+        out = source.run_dir / "eval" / source.path.name / f"simultaneous-{args.policy}-k{args.k}"
+    else:
+        raise DataError(f"{source.path} is not inside a run directory; pass --out DIR for the results")
+    check_no_results(out, [out / name for name in CURVE_FILES], args.force)
+    companions = checkpoint_companions(backend, source.path, source.config)
+    rate = companions["sample_rate"]
+    utterances = read_manifest(args.manifest, rate, source.spec.n_units)
+    utterances = utterances[:args.max_utterances or len(utterances)]
+    print(f"[{backend}] simultaneous translation of {len(utterances)} utterance(s) of {args.manifest}, "
+          f"policy {args.policy} (k={args.k}), chunks {args.chunk_ms} ms", file=sys.stderr)
+    rows = evaluate_simultaneous(make_runner(), source.spec, companions["src"], companions["tgt"],
+                                 companions["cmvn"], rate, utterances, load_audio, chunk_sizes(args.chunk_ms),
+                                 args.policy, args.k, args.max_target_len)
+    for row in rows:
+        row["checkpoint"], row["backend"], row["manifest"] = str(source.path), backend, str(args.manifest)
+    written = write_curve(rows, out, backend)
+    print(curve_table(rows, backend), end="")
+    print(f"[{backend}] wrote {', '.join(p.name for p in written)} in {out}", file=sys.stderr)
