@@ -121,18 +121,16 @@ def main(backend: str, load, argv=None) -> int:
         session = loaded["new_session"](segment_for_chunk(loaded["spec"], args.chunk_ms, args.policy))
         translator = SimultaneousTranslator(session, Policy(args.policy, args.k), loaded["cmvn"],
                                             sample_rate, args.max_target_len)
-        shown_text = [""]
-
         def show(t, new_tokens, new_units):
+            """What was written after the audio up to t: the translation so far (a word
+            may still grow) and the new units."""
             if args.quiet:
                 return
-            text = tgt.decode(translator.out.mt_tokens)
             line = f"[{t:6.2f} s]"
             if new_tokens:
-                line += f" MT: {text[len(shown_text[0]):].strip() if text.startswith(shown_text[0]) else text}"
+                line += f" MT: {tgt.decode(translator.out.mt_tokens)}"
             if new_units:
-                line += f"  units: {' '.join(map(str, new_units))}"
-            shown_text[0] = text
+                line += f"{' |' if new_tokens else ''} +units: {' '.join(map(str, new_units))}"
             print(line, flush=True)
 
         written = translator.run(audio, sample_rate * args.chunk_ms // 1000, show)

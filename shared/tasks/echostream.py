@@ -43,9 +43,11 @@ class EchoStreamTask:
     def train_batch(self, position: int, batch_size: int) -> dict[str, np.ndarray]:
         batch = self.batcher.batch(position, batch_size)
         if self.segment_lengths:
-            # Multi-chunk training: this batch's encoder segment length, drawn from
-            # (seed, position), so resuming and every rank draw the same one.
-            rng = np.random.default_rng([self.seed, position, 2])
+            # Multi-chunk training: this batch's encoder segment length, drawn from the seed
+            # and the batch's first sample number, so a resumed run draws the same ones, and
+            # 2 ranks the ones that 1 process accumulating 2 micro-batches draws.
+            first_sample = self.batcher.indices(position, batch_size)[0][0]
+            rng = np.random.default_rng([self.seed, first_sample, 2])
             chosen = self.segment_lengths[int(rng.integers(len(self.segment_lengths)))]
             batch["segment_length"] = np.full(len(batch["features"]), chosen, np.int32)
         return batch
