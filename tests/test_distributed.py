@@ -258,3 +258,26 @@ def test_a_failing_rank_ends_the_job_with_its_message(tmp_path, backend):
     assert failed_at, result.stderr[-2000:]
     assert ended - float(failed_at.group(1)) < 30   # the other rank did not hang
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs Open MPI's mpirun (CI installs openmpi-bin)")
+def test_mlx_over_mpi_equals_one_process_accumulating_two(tmp_path):
+    """mx.distributed's MPI backend, started by mpirun (Debian's Open MPI 4 rejects
+    `mlx.launch --backend mpi`; MLX_MPI_LIBNAME names its library): the LM's 2-rank run
+    equals one process accumulating two micro-batches, as over the ring."""
+    config = family_configs()["lm"]
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps([{"config": config, "out": str(tmp_path / "mpi")}]))
+    env = {**environment(), "MLX_MPI_LIBNAME": "libmpi.so.40", "OMPI_MCA_rmaps_base_oversubscribe": "1"}
+    result = subprocess.run(["mpirun", "--allow-run-as-root", "-np", "2", "-x", "MLX_MPI_LIBNAME", "-x", "PYTHONPATH",
+                             "-x", "OMP_NUM_THREADS", "-x", "OPENBLAS_NUM_THREADS", "-x", "CUDA_VISIBLE_DEVICES",
+                             sys.executable, str(DRIVER), "mlx", "runs", str(plan)],
+                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=TIMEOUT)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert json.loads((sorted((tmp_path / "mpi" / "checkpoints").glob("step_*"))[-1]
+                       / "train_state.json").read_text())["world_size"] == 2
+    one = config_from_dict(with_train(config, gradient_accumulation_steps=2))
+    Run(one, TRAINERS["mlx"], tmp_path / "one", progress=False).train()
+    assert_rows_close(rows(tmp_path / "mpi"), rows(tmp_path / "one"), 1e-5)
+    ours, theirs = final_weights(tmp_path / "mpi"), final_weights(tmp_path / "one")
+    assert max(rel_err(ours[k], theirs[k]) for k in theirs) <= 1e-5
