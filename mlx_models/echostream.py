@@ -329,6 +329,19 @@ class STCTCHead(nn.Module):
         return self.proj(self.norm(x))
 
 
+def cached_self_attention(layer, x, cache: dict, mask):
+    """A decoder layer's self-attention block for new positions x (B, n, D) over the
+    keys/values in `cache` and their own: x plus the attention, and the new positions'
+    (k, v) for the caller to keep or drop."""
+    h = layer.self_attn_norm(x)
+    attn = layer.self_attn
+    new_k, new_v = attn.k_proj(h), attn.v_proj(h)
+    k, v = new_k, new_v
+    if cache["k"] is not None:
+        k, v = mx.concatenate([cache["k"], new_k], axis=1), mx.concatenate([cache["v"], new_v], axis=1)
+    return x + attn.attend(attn.q_proj(h), k, v, mask), (new_k, new_v)
+
+
 def append_keys_values(cache: list, new_keys_values: list):
     """Add new positions' self-attention keys and values (one (k, v) per layer) to a
     decoder's cache (MTDecoder, UnitDecoder)."""
@@ -393,13 +406,8 @@ class MTDecoder(nn.Module):
             memory_mask = mx.zeros((1, 1, 1, cache[0]["cross_k"].shape[1]), x.dtype)
         new_keys_values = []
         for layer, c in zip(self.layers, cache):
-            h = layer.self_attn_norm(x)
-            attn = layer.self_attn
-            k, v = attn.k_proj(h), attn.v_proj(h)
-            new_keys_values.append((k, v))
-            if c["k"] is not None:
-                k, v = mx.concatenate([c["k"], k], axis=1), mx.concatenate([c["v"], v], axis=1)
-            x = x + attn.attend(attn.q_proj(h), k, v, mask)
+            x, keys_values = cached_self_attention(layer, x, c, mask)
+            new_keys_values.append(keys_values)
             cross = layer.cross_attn
             x = x + cross.attend(cross.q_proj(layer.cross_attn_norm(x)), c["cross_k"], c["cross_v"],
                                  memory_mask)
@@ -455,13 +463,8 @@ class UnitDecoder(nn.Module):
         mask = mx.array(unit_causal_mask(n, past, self.upsample)).astype(x.dtype)
         new_keys_values = []
         for layer, c in zip(self.layers, cache):
-            h = layer.self_attn_norm(x)
-            attn = layer.self_attn
-            k, v = attn.k_proj(h), attn.v_proj(h)
-            new_keys_values.append((k, v))
-            if c["k"] is not None:
-                k, v = mx.concatenate([c["k"], k], axis=1), mx.concatenate([c["v"], v], axis=1)
-            x = x + attn.attend(attn.q_proj(h), k, v, mask)
+            x, keys_values = cached_self_attention(layer, x, c, mask)
+            new_keys_values.append(keys_values)
             x = x + layer.ffn(layer.ffn_norm(x))
         append_keys_values(cache, new_keys_values)
         return self.out_proj(self.norm(x))
