@@ -22,6 +22,7 @@ class StreamSession:
         self.model = model
         self.state = model.init_stream(segment_length)
         self.frames, self.asr, self.st, self.st_cache = [], [], [], []
+        self.frames_seen = 0
         # MT decoder: keys/values of the accepted tokens and of the frames seen so far
         self.mt_cache, self.frames_in_cache = model.mt_decoder.new_cache(), 0
         self.last_token, self.pending, self.mt_states = BOS, None, []
@@ -39,6 +40,7 @@ class StreamSession:
     def _append(self, frames) -> int:
         if frames.shape[1]:
             self.frames.append(frames)
+            self.frames_seen += frames.shape[1]
             self.asr.append(np.array(mx.argmax(self.model.asr_ctc(frames)[0], axis=-1)))
             st_logits = self.model.st_ctc.stream(frames, self.st_cache)
             self.st.append(np.array(mx.argmax(st_logits[0], axis=-1)))
@@ -55,7 +57,7 @@ class StreamSession:
 
     @property
     def n_frames(self) -> int:
-        return sum(f.shape[1] for f in self.frames)
+        return self.frames_seen
 
     @property
     def n_states(self) -> int:

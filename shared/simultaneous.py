@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shared.audio.fbank import CMVN, FbankOptions, StreamingFbank
-from shared.eval.text import ctc_collapse
 from shared.specs.echostream import BLANK, ENCODER_FRAME_MS, EOS, chunk_segment_length
 
 POLICIES = ("ctc", "wait-k", "offline")
@@ -108,6 +107,22 @@ class Written:
     compute_ms: float = 0.0  # all compute, when the last item was written
 
 
+class CollapsedLength:
+    """The length of a growing CTC transcript, collapsed as ctc_collapse does, updated
+    from the new frame labels only (a stream's per-chunk work must not grow with it)."""
+
+    def __init__(self):
+        self.frames_seen, self.length, self.last = 0, 0, None
+
+    def update(self, labels: np.ndarray) -> int:
+        for label in np.asarray(labels).reshape(-1)[self.frames_seen:].tolist():
+            if label != self.last and label != BLANK:
+                self.length += 1
+            self.last = label
+        self.frames_seen = len(labels)
+        return self.length
+
+
 class SimultaneousTranslator:
     """Drives a backend session through one utterance under a policy."""
 
@@ -120,6 +135,7 @@ class SimultaneousTranslator:
         self._last_unit_label = None  # CTC collapse continues across writes
         self._compute_ms = 0.0
         self._samples_read, self._chunks_read = 0, 0
+        self._asr, self._st = CollapsedLength(), CollapsedLength()
 
     # -- reading ---------------------------------------------------------------------------
     def read(self, samples: np.ndarray) -> tuple[list[int], list[int]]:
@@ -133,8 +149,8 @@ class SimultaneousTranslator:
         t1 = time.perf_counter()
         self.session.push(features)
         self.out.encoder_ms.append(1e3 * (time.perf_counter() - t1))
-        asr = len(ctc_collapse(self.session.asr_argmax()))
-        st = len(ctc_collapse(self.session.st_argmax()))
+        asr = self._asr.update(self.session.asr_argmax())
+        st = self._st.update(self.session.st_argmax())
         allowed = self.policy.allowed_tokens(self._chunks_read, asr, st, len(self.out.mt_tokens))
         written = self._write(min(allowed, self.max_target_len), False, read_ms, t0)
         self.out.chunk_ms.append(1e3 * (time.perf_counter() - t0))

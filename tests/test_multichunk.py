@@ -102,3 +102,25 @@ def test_streaming_in_another_segment_length_equals_the_parallel_encoder(backend
     np.testing.assert_allclose(got, expected, atol=2e-5)
     # a different segment length is a different encoder output
     assert np.abs(expected - parallel_encode(backend, model, features)).max() > 1e-3
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+@pytest.mark.parametrize("window", [1, 5])
+def test_st_ctc_with_a_window_streams_as_its_forward(backend, window):
+    """model.st_ctc_left_context: the head fed frames a few at a time (its cache cut to the
+    window) gives the logits of its forward over the whole sequence, which differ from the
+    unbounded head's."""
+    spec = tiny_spec(st_ctc_left_context=window, st_ctc_layers=2)
+    model = build(backend, spec)
+    frames = np.random.default_rng(3).standard_normal((1, 23, spec.embed_dim)).astype(np.float32)
+    arr = mx.array if backend == "mlx" else torch.from_numpy
+    as_np = (lambda a: np.array(a)) if backend == "mlx" else (lambda a: a.detach().numpy())
+    with torch.no_grad():
+        whole = as_np(model.st_ctc(arr(frames)))
+        cache, pieces = [], []
+        for start, stop in [(0, 4), (4, 5), (5, 13), (13, 23)]:
+            pieces.append(as_np(model.st_ctc.stream(arr(frames[:, start:stop]), cache)))
+        unbounded = as_np(build(backend, tiny_spec(st_ctc_layers=2)).st_ctc(arr(frames)))
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), whole, atol=2e-5, rtol=1e-5)
+    assert all(k.shape[1] <= window - 1 for k, _ in cache)
+    assert np.abs(whole[:, window:] - unbounded[:, window:]).max() > 1e-3

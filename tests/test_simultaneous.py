@@ -153,18 +153,19 @@ def test_causal_unit_decoder_steps_equal_its_forward_and_ignore_later_states(bac
     assert np.abs(seen_all - seen_three).max() > 1e-3
 
 
-def test_causal_unit_decoder_losses_match_across_backends():
+def test_causal_unit_decoder_and_st_ctc_window_losses_match_across_backends():
     from mlx_models import echostream as mes
     from tests.parity.test_echostream_parity import make_batch, to_mx, to_torch
     from torch_models import echostream as tes
 
-    s = tiny_spec(unit_causal=True)
+    s = tiny_spec(unit_causal=True, st_ctc_left_context=3)
     data = make_batch(s, seed=3)
     mlx_terms = mes.loss_terms(build("mlx", s, seed=1), to_mx(data))
     with torch.no_grad():
         torch_terms = tes.loss_terms(build("torch", s, seed=1), to_torch(data))
         open_terms = tes.loss_terms(build("torch", tiny_spec(), seed=1), to_torch(data))
     assert mlx_terms["unit_ctc"].item() == pytest.approx(torch_terms["unit_ctc"].item(), rel=1e-5)
+    assert mlx_terms["st_ctc"].item() == pytest.approx(torch_terms["st_ctc"].item(), rel=1e-5)
     assert mlx_terms["loss"].item() == pytest.approx(torch_terms["loss"].item(), rel=1e-5)
     assert torch_terms["unit_ctc"].item() != pytest.approx(open_terms["unit_ctc"].item(), rel=1e-4)
 
@@ -236,3 +237,15 @@ def test_a_word_is_complete_when_the_next_one_begins():
     # "hello" is known complete once "wor" is written (a lone "▁" starts no word yet)
     assert word_delays(pieces, [1, 2, 3, 4, 5, 6], 9) == [4, 6, 9]
     assert word_delays([], [], 9) == []
+
+
+def test_the_growing_transcript_length_equals_collapsing_it_whole():
+    from shared.eval.text import ctc_collapse
+    from shared.simultaneous import CollapsedLength
+
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 4, 300) * (rng.random(300) < 0.6)   # blanks, repeats, runs
+    counter, end = CollapsedLength(), 0
+    while end < len(labels):
+        end = min(end + int(rng.integers(0, 9)), len(labels))
+        assert counter.update(labels[:end]) == len(ctc_collapse(labels[:end]))

@@ -307,9 +307,10 @@ class STCTCHead(nn.Module):
                                      for _ in range(spec.st_ctc_layers)])
         self.norm = nn.LayerNorm(D, eps=spec.layer_norm_eps)
         self.proj = nn.Linear(D, spec.tgt_vocab_size)
+        self.window = spec.st_ctc_left_context
 
     def forward(self, x):
-        mask = constant(causal_mask(x.shape[1]), x).to(x.dtype)
+        mask = constant(causal_mask(x.shape[1], window=self.window), x).to(x.dtype)
         for layer in self.layers:
             x = layer(x, mask)
         return self.proj(self.norm(x))
@@ -325,10 +326,10 @@ class STCTCHead(nn.Module):
             if i < len(cache):
                 k = torch.cat([cache[i][0], k], dim=1)
                 v = torch.cat([cache[i][1], v], dim=1)
-                cache[i] = (k, v)
-            else:
-                cache.append((k, v))
-            mask = constant(causal_mask(x.shape[1], past=k.shape[1] - x.shape[1]), x).to(x.dtype)
+            mask = constant(causal_mask(x.shape[1], k.shape[1] - x.shape[1], self.window), x).to(x.dtype)
+            # keep what later frames can see: all, or the last window - 1 frames
+            kept = (k, v) if not self.window else (keep_last(k, self.window - 1), keep_last(v, self.window - 1))
+            cache[i:i + 1] = [kept]
             x = x + attn.attend(attn.q_proj(h), k, v, mask)
             x = x + layer.ffn(layer.ffn_norm(x))
         return self.proj(self.norm(x))

@@ -23,6 +23,7 @@ class StreamSession:
         self.model, self.device = model, device
         self.state = model.init_stream(segment_length)
         self.frames, self.asr, self.st, self.st_cache = [], [], [], []
+        self.frames_seen = 0
         # MT decoder: keys/values of the accepted tokens and of the frames seen so far
         self.mt_cache, self.frames_in_cache = model.mt_decoder.new_cache(), 0
         self.last_token, self.pending, self.mt_states = BOS, None, []
@@ -43,6 +44,7 @@ class StreamSession:
     def _append(self, frames) -> int:
         if frames.shape[1]:
             self.frames.append(frames)
+            self.frames_seen += frames.shape[1]
             self.asr.append(torch.argmax(self.model.asr_ctc(frames)[0], dim=-1).cpu().numpy())
             st_logits = self.model.st_ctc.stream(frames, self.st_cache)
             self.st.append(torch.argmax(st_logits[0], dim=-1).cpu().numpy())
@@ -59,7 +61,7 @@ class StreamSession:
 
     @property
     def n_frames(self) -> int:
-        return sum(f.shape[1] for f in self.frames)
+        return self.frames_seen
 
     @property
     def n_states(self) -> int:

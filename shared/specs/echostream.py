@@ -89,6 +89,9 @@ class EchoStreamSpec:
     max_memory_size: int = 4            # memory bank size; 0: no memory
     # Heads.
     st_ctc_layers: int = 1              # causal transformer layers before the ST CTC projection
+    # Encoder frames each ST CTC position sees (itself included; 0: all before it). A window
+    # keeps a stream's per-chunk cost flat however long the speech goes on.
+    st_ctc_left_context: int = 0
     mt_embed_dim: int = 128
     mt_layers: int = 2
     mt_heads: int = 2
@@ -121,7 +124,7 @@ class EchoStreamSpec:
         "segment_length": R.at_least(1, 1 << 16), "left_context": R.at_least(0, 1 << 16),
         "train_segment_lengths": R.at_least(0, 1 << 16),   # each value; 0: the whole utterance
         "right_context": R.at_least(0, 1 << 16), "max_memory_size": R.at_least(0, 1 << 16),
-        "st_ctc_layers": R.at_least(0, R.MAX_LAYERS), "mt_embed_dim": R.at_least(1, R.MAX_WIDTH),
+        "st_ctc_layers": R.at_least(0, R.MAX_LAYERS), "st_ctc_left_context": R.at_least(0, 1 << 16), "mt_embed_dim": R.at_least(1, R.MAX_WIDTH),
         "mt_layers": R.at_least(1, R.MAX_LAYERS), "mt_heads": R.at_least(1, R.MAX_HEADS),
         "mt_ffn_dim": R.at_least(1, R.MAX_FFN), "unit_embed_dim": R.at_least(1, R.MAX_WIDTH),
         "unit_layers": R.at_least(1, R.MAX_LAYERS), "unit_heads": R.at_least(1, R.MAX_HEADS),
@@ -138,7 +141,7 @@ class EchoStreamSpec:
                     "unit_heads", "unit_ffn_dim", "unit_upsample")
         for name in positive:
             check_int(name, getattr(self, name), minimum=1)
-        for name in ("left_context", "right_context", "max_memory_size", "st_ctc_layers"):
+        for name in ("left_context", "right_context", "max_memory_size", "st_ctc_layers", "st_ctc_left_context"):
             check_int(name, getattr(self, name), minimum=0)
         for name in ("src_vocab_size", "tgt_vocab_size"):
             # pad/blank, unk, bos, eos and at least one real token
@@ -338,11 +341,15 @@ def emformer_stream_mask(n_right: int, n_utterance: int, n_memory: int, n_left: 
 
 
 @functools.lru_cache(maxsize=64)
-def causal_mask(n: int, past: int = 0) -> np.ndarray:
+def causal_mask(n: int, past: int = 0, window: int = 0) -> np.ndarray:
     """Additive (n, past + n) mask for n queries that follow `past` earlier positions:
-    query i sees keys 0..past + i. Built explicitly (not the backends' own causal flags,
+    query i sees keys 0..past + i, or with a window W > 0 only the last W of them
+    (past + i - W + 1 .. past + i). Built explicitly (not the backends' own causal flags,
     which align differently when query and key lengths differ)."""
-    return np.triu(np.full((n, past + n), NEG, np.float32), k=past + 1)
+    mask = np.triu(np.full((n, past + n), NEG, np.float32), k=past + 1)
+    if window > 0:
+        mask += np.tril(np.full((n, past + n), NEG, np.float32), k=past - window)
+    return mask
 
 
 def unit_causal_mask(n_states: int, past_states: int, upsample: int) -> np.ndarray:
