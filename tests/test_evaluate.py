@@ -171,8 +171,11 @@ def test_museval_missing_names_the_extra_and_ffmpeg(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv,message", [
-    ([], "give --data DIR"),
-    (["--data", "d", "--text", "t"], "one of the two"),
+    ([], "give one of --data DIR"),
+    (["--data", "d", "--text", "t"], "give one of --data DIR"),
+    (["--text", "t", "--manifest", "m"], "or --manifest FILE"),
+    (["--manifest", "nowhere.tsv"], "--manifest nowhere.tsv: no such file"),
+    (["--manifest", "m", "--chunk-ms", "5"], "--chunk-ms sizes must be >= 10 ms"),
     (["--data", "d", "--tracks", "0"], "--tracks must be >= 1"),
     (["--data", "d", "--overlap", "0.95"], "--overlap must be within 0..0.9"),
     (["--text", "nowhere.txt"], "--text nowhere.txt: no such file"),
