@@ -25,6 +25,7 @@ decoder run over states 0..end).
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -67,8 +68,6 @@ def segment_for_chunk(spec, chunk_ms: int, policy: str = "ctc", warn=None) -> in
     """The encoder segment a session should stream with for READ chunks of chunk_ms (0:
     whole utterance): None keeps the model's own. Warns (on stderr by default) when the
     checkpoint was not trained for this chunk size or policy, naming what it was trained for."""
-    import sys
-
     warn = warn or (lambda text: print(text, file=sys.stderr, flush=True))
     trained = spec.train_segment_lengths
     if not trained:

@@ -260,6 +260,25 @@ def test_a_failing_rank_ends_the_job_with_its_message(tmp_path, backend):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_a_non_finite_step_on_one_rank_is_skipped_on_every_rank(tmp_path, backend):
+    """Rank 1's audio turns NaN at the second step: the averaged gradients are not finite,
+    so every rank skips that step alike and the ranks' weights stay identical."""
+    config = with_train(family_configs()["tflocoformer"], max_steps=4, eval_every=4, save_every=4)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps([{"config": config, "out": str(tmp_path / "run")}]))
+    if backend == "torch":
+        result = torchrun(["nan", str(plan)], tmp_path)
+    else:
+        result = mlx_ranks(["nan", str(plan)], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logged = [r for r in metric_rows(tmp_path / "run") if "loss" in r and "val_loss" not in r]
+    assert [r["step"] for r in logged if r.get("skipped")] == [2]
+    assert all(isinstance(r["loss"], float) for r in logged if r["step"] != 2)   # finite again
+    digests = {(tmp_path / "run" / f"weights.rank{r}.sha256").read_text() for r in (0, 1)}
+    assert len(digests) == 1
+
+
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs Open MPI's mpirun (CI installs openmpi-bin)")
 def test_mlx_over_mpi_equals_one_process_accumulating_two(tmp_path):
     """mx.distributed's MPI backend, started by mpirun (Debian's Open MPI 4 rejects

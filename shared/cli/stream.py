@@ -109,6 +109,7 @@ def main(backend: str, load, argv=None) -> int:
 
     def run():
         from shared.eval.latency import TimedOutput, latency_scores
+        from shared.eval.streaming import json_safe
         from shared.simultaneous import word_delays
 
         check_stream_args(args)
@@ -167,6 +168,7 @@ def main(backend: str, load, argv=None) -> int:
             emitted = {"mt_tokens": written.mt_tokens, "mt_delays_ms": written.mt_delays,
                        "mt_elapsed_ms": written.mt_elapsed, "unit_delays_ms": written.unit_delays,
                        "unit_elapsed_ms": written.unit_elapsed}
-            Path(args.json).write_text(json.dumps(result | {"timing": timing, "written": emitted}, indent=1))
+            Path(args.json).write_text(json.dumps(json_safe(result | {"timing": timing, "written": emitted}),
+                                                  indent=1))
             print(f"wrote the results and per-chunk timings to {args.json}", file=sys.stderr)
     return run_cli(run, errors=(CheckpointError, DataError, ValueError))

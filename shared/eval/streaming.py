@@ -10,6 +10,7 @@ reference); unit latency the reference's unit count.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,17 @@ from shared.eval.text import corpus_bleu, ctc_collapse, unit_error_rate, word_er
 from shared.simultaneous import Policy, SimultaneousTranslator, segment_for_chunk, word_delays
 
 WHOLE = 0   # chunk_ms 0: the whole utterance is one chunk (the offline reference point)
+
+
+def json_safe(value):
+    """`value` with NaN/inf floats (a latency of nothing written) as None: valid JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def chunk_label(chunk_ms: int) -> str:
@@ -109,7 +121,7 @@ def write_curve(rows: list[dict], out: Path, backend: str = "") -> list[Path]:
     """results.json, curve.md and curve.png (BLEU against text AL, one point per chunk size)."""
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "results.json", out / "curve.md"]
-    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    (out / "results.json").write_text(json.dumps(json_safe(rows), indent=1))
     (out / "curve.md").write_text(curve_table(rows, backend))
     try:
         import matplotlib
