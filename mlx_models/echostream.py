@@ -20,7 +20,7 @@ import mlx.core as mx
 import numpy as np
 import mlx.nn as nn
 
-from mlx_models.ctc import ctc_loss
+from mlx_models.ctc import ctc_losses
 from mlx_models.recompute import Dropout, run_layer
 from shared.specs.echostream import (BLANK, BOS, EOS, MEMORY_CLAMP, NEG, PAD, EchoStreamSpec,
                                      causal_mask, emformer_layout, emformer_stream_mask,
@@ -598,22 +598,26 @@ def label_smoothed_cross_entropy(logits, target, smoothing: float, divisor=None)
     return (per_token * valid).sum() / divisor
 
 
-def _ctc(logits, targets, input_lengths, target_lengths):
-    log_probs = nn.log_softmax(logits.astype(mx.float32), axis=-1)
-    return ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=BLANK,
-                    reduction="mean", zero_infinity=True)
+def _ctc_terms(*terms):
+    """The mean CTC losses of several (logits, targets, input lengths, target lengths), in
+    one recursion over frames (ctc_losses: MLX's CPU cost is per operation)."""
+    return ctc_losses([(nn.log_softmax(logits.astype(mx.float32), axis=-1), *rest) for logits, *rest in terms],
+                      blank=BLANK, reduction="mean", zero_infinity=True)
 
 
 def loss_terms(model: EchoStream, batch) -> dict:
     """{"loss": weighted total, "asr_ctc", "st_ctc", "mt", "unit_ctc"} on a batch dict
     (keys in shared/specs/echostream.py's contract)."""
     spec, out = model.spec, model(batch)
+    asr_ctc, st_ctc, unit_ctc = _ctc_terms(
+        (out["asr_logits"], batch["src_tokens"], out["encoder_lengths"], batch["src_lengths"]),
+        (out["st_logits"], batch["tgt_tokens"], out["encoder_lengths"], batch["tgt_lengths"]),
+        (out["unit_logits"], batch["units"], out["unit_lengths"], batch["unit_lengths"]))
     terms = {
-        "asr_ctc": _ctc(out["asr_logits"], batch["src_tokens"], out["encoder_lengths"], batch["src_lengths"]),
-        "st_ctc": _ctc(out["st_logits"], batch["tgt_tokens"], out["encoder_lengths"], batch["tgt_lengths"]),
+        "asr_ctc": asr_ctc, "st_ctc": st_ctc,
         "mt": label_smoothed_cross_entropy(out["mt_logits"], batch["target"], spec.label_smoothing,
                                            batch.get("mt_divisor")),
-        "unit_ctc": _ctc(out["unit_logits"], batch["units"], out["unit_lengths"], batch["unit_lengths"]),
+        "unit_ctc": unit_ctc,
     }
     total = (spec.asr_ctc_weight * terms["asr_ctc"] + spec.st_ctc_weight * terms["st_ctc"]
              + spec.mt_weight * terms["mt"] + spec.unit_weight * terms["unit_ctc"])

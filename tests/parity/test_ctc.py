@@ -148,3 +148,40 @@ def test_bad_arguments():
         mlx_ctc(log_probs, mx.zeros((2, 3), mx.int32), [5, 5], [3, 3], blank=4)
     with pytest.raises(ValueError, match="targets"):
         mlx_ctc(log_probs, mx.zeros((3,), mx.int32), [5, 5], [3, 3])
+
+
+def test_several_ctc_losses_in_one_recursion_equal_one_each():
+    """ctc_losses stacks terms of other vocabularies, lengths and batch sizes into one
+    recursion: each term's loss and gradients equal its own ctc_loss, and torch's."""
+    import mlx.nn as mnn
+
+    from mlx_models.ctc import ctc_losses
+
+    rng = np.random.default_rng(5)
+    shapes = [(3, 20, 7, 5), (2, 33, 11, 9), (4, 12, 5, 6)]   # B, T, V, S (the last: some impossible)
+    logits, rest = [], []
+    for B, T, V, S in shapes:
+        logits.append(rng.standard_normal((B, T, V)).astype(np.float32))
+        rest.append((rng.integers(1, V, (B, S)).astype(np.int32), rng.integers(S // 2, T + 1, B).astype(np.int32),
+                     rng.integers(1, S + 1, B).astype(np.int32)))
+
+    def stacked(*xs):
+        losses = ctc_losses([(mnn.log_softmax(x, axis=-1), mx.array(t), mx.array(i), mx.array(n))
+                             for x, (t, i, n) in zip(xs, rest)], zero_infinity=True)
+        return sum(w * loss for w, loss in zip((1.0, 2.0, 3.0), losses)), losses
+
+    def separate(*xs):
+        losses = [mlx_ctc(mnn.log_softmax(x, axis=-1), mx.array(t), mx.array(i), mx.array(n), zero_infinity=True)
+                  for x, (t, i, n) in zip(xs, rest)]
+        return sum(w * loss for w, loss in zip((1.0, 2.0, 3.0), losses)), losses
+
+    args = [mx.array(x) for x in logits]
+    (total_a, terms_a), grads_a = mx.value_and_grad(stacked, argnums=(0, 1, 2))(*args)
+    (total_b, terms_b), grads_b = mx.value_and_grad(separate, argnums=(0, 1, 2))(*args)
+    for a, b, x, (t, i, n) in zip(terms_a, terms_b, logits, rest):
+        reference = torch.nn.functional.ctc_loss(torch.log_softmax(torch.from_numpy(x), -1).transpose(0, 1),
+                                                 torch.from_numpy(t).long(), torch.from_numpy(i).long(),
+                                                 torch.from_numpy(n).long(), zero_infinity=True).item()
+        assert a.item() == pytest.approx(b.item(), rel=1e-5) == pytest.approx(reference, rel=1e-4)
+    for ga, gb in zip(grads_a, grads_b):
+        np.testing.assert_allclose(np.array(ga), np.array(gb), atol=1e-5, rtol=1e-4)
