@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from shared.planner.core import (Allocation, MemoryModel, MemoryPlan, Term, dtype_bytes, overhead_term,
                                  static_terms)
-from shared.specs.echostream import echostream_param_counts, num_segments
+from shared.specs.echostream import echostream_param_counts
 from shared.tasks.echostream import echostream_lengths, longest_utterance_seconds
 
 # ----------------------------------------------------------------------------- EchoStream
@@ -21,15 +21,22 @@ ECHO_COEFFICIENTS = {
 }
 
 
-def echostream_activation_elements(spec, batch: int, seconds: float, checkpointing: bool) -> dict:
+def echostream_activation_elements(spec, batch: int, seconds: float, checkpointing: bool,
+                                   stacked_ctc: bool = False) -> dict:
     """Activation elements of one EchoStream training step, by kind (see
-    ECHO_COEFFICIENTS) and by part, for `batch` utterances of `seconds`."""
+    ECHO_COEFFICIENTS) and by part, for `batch` utterances of `seconds`. stacked_ctc: the
+    three CTC lattices are one, padded to the longest frames and labels (MLX's ctc_losses)."""
     n = echostream_lengths(spec, seconds)
     B, T, T4 = batch, n["frames"], n["encoder"]
-    S, R, mem = spec.segment_length, spec.right_context, spec.use_memory
-    N = max(num_segments(T4, spec), 1)
-    Q = N * (S + R) + (N if mem else 0)              # right contexts, utterance, summaries
-    K = N * (S + R) + ((N - 1) if mem else 0)        # memories, right contexts, utterance
+    R, mem = spec.right_context, spec.use_memory
+
+    def queries_keys(S: int) -> tuple[int, int]:
+        N = max(-(-T4 // S), 1)
+        return (N * (S + R) + (N if mem else 0),       # right contexts, utterance, summaries
+                N * (S + R) + ((N - 1) if mem else 0))  # memories, right contexts, utterance
+    # Multi-chunk training: the segment length with the most attention scores (the shortest).
+    segments = [S or max(T4, 1) for S in spec.train_segment_lengths] or [spec.segment_length]
+    Q, K = max((queries_keys(S) for S in segments), key=lambda qk: qk[0] * qk[1])
     Lt = n["tgt"] + 1                                # [BOS] + target
     U = Lt * spec.unit_upsample
     D, Dm, Du = spec.embed_dim, spec.mt_embed_dim, spec.unit_embed_dim
@@ -58,6 +65,11 @@ def echostream_activation_elements(spec, batch: int, seconds: float, checkpointi
             U, Du, spec.unit_ffn_dim, spec.unit_heads, U).items()},
             "logits": B * U * spec.unit_vocab_size, "ctc": B * U * (2 * n["units"] + 1)},
     }
+    if stacked_ctc:
+        for part in ("ASR CTC head", "ST CTC head", "unit decoder"):
+            del parts[part]["ctc"]
+        labels = 2 * max(n["src"], n["tgt"], n["units"]) + 1
+        parts["CTC lattices (stacked)"] = {"ctc": 3 * B * max(T4, U) * labels}
     shapes = {"B": B, "seconds": seconds, "frames": T, "encoder_frames": T4, "Q": Q, "K": K,
               "target": Lt, "unit_frames": U, **n}
     return {"parts": parts, "shapes": shapes}
@@ -74,7 +86,8 @@ def plan_echostream(config, backend: str, device_type: str = "cuda") -> MemoryPl
     # softmaxes and norms run in float32; measured), so they cost 4 bytes there.
     act_bytes = 4 if backend == "mlx" else c
     seconds = longest_utterance_seconds(config, train.batch_size)
-    act = echostream_activation_elements(spec, train.batch_size, seconds, train.gradient_checkpointing)
+    act = echostream_activation_elements(spec, train.batch_size, seconds, train.gradient_checkpointing,
+                                         stacked_ctc=backend == "mlx")
     sh = act["shapes"]
     terms = static_terms(n, train, backend, c)
     for part, elements in act["parts"].items():
@@ -84,7 +97,9 @@ def plan_echostream(config, backend: str, device_type: str = "cuda") -> MemoryPl
                   "ASR CTC head": f"{sh['encoder_frames']} frames x {spec.src_vocab_size} pieces",
                   "ST CTC head": f"{sh['encoder_frames']} frames x {spec.tgt_vocab_size} pieces",
                   "MT decoder": f"{sh['target']} target positions",
-                  "unit decoder": f"{sh['unit_frames']} unit frames x {spec.unit_vocab_size} ids"}[part]
+                  "unit decoder": f"{sh['unit_frames']} unit frames x {spec.unit_vocab_size} ids",
+                  "CTC lattices (stacked)": f"3 x {sh['B']} x {max(sh['encoder_frames'], sh['unit_frames'])} "
+                                            f"frames x {2 * max(sh['src'], sh['tgt'], sh['units']) + 1} states"}[part]
         terms.append(Term(f"activations: {part}", act_bytes * sum(coef[kind] * v for kind, v in elements.items()),
                           detail))
     terms.append(overhead_term(backend, device_type))
@@ -110,7 +125,7 @@ def shorter_utterances(config, backend: str, attention: str | None) -> list:
 def activation_elements(config) -> dict:
     return echostream_activation_elements(
         config.model, config.train.batch_size, longest_utterance_seconds(config, config.train.batch_size),
-        config.train.gradient_checkpointing)
+        config.train.gradient_checkpointing, stacked_ctc=True)   # calibrated on MLX
 
 
 # Measured by bench/calibrate_memory.py --family echostream: overrides of a base config that vary
