@@ -106,19 +106,29 @@ class Written:
     compute_ms: float = 0.0  # all compute, when the last item was written
 
 
-class CollapsedLength:
-    """The length of a growing CTC transcript, collapsed as ctc_collapse does, updated
-    from the new frame labels only (a stream's per-chunk work must not grow with it)."""
+class GrowingCTC:
+    """A CTC transcript collapsed as ctc_collapse does, fed its frame labels as they come:
+    the collapse carries over from one call to the next, so a stream's per-chunk work does
+    not grow with what came before."""
 
     def __init__(self):
         self.frames_seen, self.length, self.last = 0, 0, None
 
-    def update(self, labels: np.ndarray) -> int:
-        for label in np.asarray(labels).reshape(-1)[self.frames_seen:].tolist():
+    def push(self, new_labels) -> list[int]:
+        """The labels that new frames add to the collapsed transcript."""
+        added = []
+        for label in np.asarray(new_labels).reshape(-1).tolist():
             if label != self.last and label != BLANK:
-                self.length += 1
+                added.append(int(label))
             self.last = label
-        self.frames_seen = len(labels)
+        self.frames_seen += int(np.asarray(new_labels).size)
+        self.length += len(added)
+        return added
+
+    def update(self, labels: np.ndarray) -> int:
+        """The collapsed length of all labels so far (`labels`: every frame's, of which
+        only those not seen before are read)."""
+        self.push(np.asarray(labels).reshape(-1)[self.frames_seen:])
         return self.length
 
 
@@ -131,10 +141,8 @@ class SimultaneousTranslator:
         self.fbank = StreamingFbank(FbankOptions(sample_rate=sample_rate))   # as in training
         self.out = Written()
         self._unit_states = 0        # MT states whose units were written
-        self._last_unit_label = None  # CTC collapse continues across writes
-        self._compute_ms = 0.0
         self._samples_read, self._chunks_read = 0, 0
-        self._asr, self._st = CollapsedLength(), CollapsedLength()
+        self._asr, self._st, self._units_ctc = GrowingCTC(), GrowingCTC(), GrowingCTC()
 
     # -- reading ---------------------------------------------------------------------------
     def read(self, samples: np.ndarray) -> tuple[list[int], list[int]]:
@@ -192,12 +200,12 @@ class SimultaneousTranslator:
             new_tokens.append(token)
             out.mt_tokens.append(token)
         new_units = self._units()
-        elapsed = self._compute_ms + 1e3 * (time.perf_counter() - t0)
+        elapsed = out.compute_ms + 1e3 * (time.perf_counter() - t0)
         out.mt_delays += [read_ms] * len(new_tokens)
         out.mt_elapsed += [read_ms + elapsed] * len(new_tokens)
         out.unit_delays += [read_ms] * len(new_units)
         out.unit_elapsed += [read_ms + elapsed] * len(new_units)
-        self._compute_ms = out.compute_ms = elapsed
+        out.compute_ms = elapsed
         return new_tokens, new_units
 
     def _units(self) -> list[int]:
@@ -208,11 +216,7 @@ class SimultaneousTranslator:
             return []
         labels = self.session.unit_argmax(self._unit_states, end)
         self._unit_states = end
-        units = []
-        for label in np.asarray(labels).reshape(-1).tolist():
-            if label != self._last_unit_label and label != BLANK:
-                units.append(int(label) - 1)   # unit ids are units + 1 (BLANK = 0)
-            self._last_unit_label = label
+        units = [label - 1 for label in self._units_ctc.push(labels)]   # unit ids are units + 1
         self.out.units += units
         return units
 

@@ -241,11 +241,11 @@ def test_a_word_is_complete_when_the_next_one_begins():
 
 def test_the_growing_transcript_length_equals_collapsing_it_whole():
     from shared.eval.text import ctc_collapse
-    from shared.simultaneous import CollapsedLength
+    from shared.simultaneous import GrowingCTC
 
     rng = np.random.default_rng(7)
     labels = rng.integers(0, 4, 300) * (rng.random(300) < 0.6)   # blanks, repeats, runs
-    counter, end = CollapsedLength(), 0
+    counter, end = GrowingCTC(), 0
     while end < len(labels):
         end = min(end + int(rng.integers(0, 9)), len(labels))
         assert counter.update(labels[:end]) == len(ctc_collapse(labels[:end]))

@@ -48,14 +48,20 @@ def summary(ms: list[float]) -> dict:
             "max": float(a.max())}
 
 
-def checkpoint_companions(backend: str, ckpt: Path, config: dict) -> dict:
-    """What an EchoStream checkpoint keeps beside its weights: tokenizers, CMVN and the
-    sample rate; or one CheckpointError naming what is missing."""
+def check_companions(backend: str, ckpt: Path) -> None:
+    """One CheckpointError naming the files an EchoStream checkpoint keeps beside its
+    weights (tokenizers, CMVN) that `ckpt` lacks."""
     missing = [name for name in CHECKPOINT_FILES if not (ckpt / name).is_file()]
     if missing:
         raise CheckpointError(f"{ckpt} lacks {', '.join(missing)}: streaming needs a checkpoint "
                               f"saved by EchoStream training (python -m {backend}_models.train "
                               f"--config configs/echostream_demo.yaml)")
+
+
+def checkpoint_companions(backend: str, ckpt: Path, config: dict) -> dict:
+    """What an EchoStream checkpoint keeps beside its weights: tokenizers, CMVN and the
+    sample rate."""
+    check_companions(backend, ckpt)
     spec = config["model"]
     return {"src": load_tokenizer(ckpt / "src_tokenizer.model", spec["src_vocab_size"]),
             "tgt": load_tokenizer(ckpt / "tgt_tokenizer.model", spec["tgt_vocab_size"]),
@@ -66,8 +72,7 @@ def checkpoint_companions(backend: str, ckpt: Path, config: dict) -> dict:
 def load_checkpoint(backend: str, load, checkpoint: str) -> dict:
     """The session factory, config, spec and companions of an EchoStream checkpoint."""
     ckpt = resolve_checkpoint(checkpoint, report=sys.stderr)
-    if any(not (ckpt / name).is_file() for name in CHECKPOINT_FILES):
-        checkpoint_companions(backend, ckpt, {})   # the error naming them, before the model loads
+    check_companions(backend, ckpt)   # before the model loads
     new_session, config = load(ckpt)
     return {"new_session": new_session, "config": config,
             "spec": spec_from_dict(config["family"], config["model"]),

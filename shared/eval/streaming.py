@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.errors import DataError
 from shared.eval.latency import LATENCY_METRICS, TimedOutput, latency_scores
 from shared.eval.text import corpus_bleu, ctc_collapse, unit_error_rate, word_error_rate
 from shared.simultaneous import Policy, SimultaneousTranslator, segment_for_chunk, word_delays
@@ -45,15 +44,11 @@ def evaluate_simultaneous(new_session, spec, src, tgt, cmvn, sample_rate: int, u
                           max_target_len: int = 200, progress: bool = True) -> list[dict]:
     """One row per chunk size: quality, latency and compute. `new_session(segment_length)`
     makes a backend session; `read_audio(utterance)` gives (samples,) float32 at
-    `sample_rate`; `utterances` carry src_text, tgt_text and units."""
+    `sample_rate`, checked (shared/data/s2ut.py: load_audio names a damaged file and its
+    row); `utterances` carry src_text, tgt_text and units."""
     from tqdm import tqdm
 
-    audio = {}
-    for utt in utterances:
-        samples = read_audio(utt)
-        if not np.isfinite(samples).all():
-            raise DataError(f"manifest row {utt.row} ({utt.id}): {utt.audio} holds NaN or inf samples")
-        audio[utt.id] = samples
+    audio = {utt.id: read_audio(utt) for utt in utterances}   # the reader checks the samples
     rows = []
     bar = tqdm(total=len(chunk_sizes_ms) * len(utterances), disable=not progress, unit="utt",
                desc="simultaneous translation", file=sys.stderr)
