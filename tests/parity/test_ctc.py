@@ -166,7 +166,7 @@ def test_a_label_with_no_probability(algorithm, zero_infinity, record):
     """Sample 0's second label has log-probability -inf on every frame (a masked
     vocabulary entry): torch's loss is inf (0 with zero_infinity), as is the CPU
     algorithm's. The GPU's log domain floors -inf at -1e30 (module NEG) and reports a loss
-    of ~1e30 instead: as unusable, and as caught by a non-finite check after scaling."""
+    of ~1e30 instead: finite, and as unusable."""
     inputs = case(B=2, T=12, V=6, S=3, input_lengths=[12, 12], target_lengths=[3, 3],
                   labels=[[1, 4, 2], [1, 2, 3]], seed=7)
     logits = inputs[0]
