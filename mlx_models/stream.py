@@ -7,26 +7,17 @@ import numpy as np
 
 from mlx_models.models import load_model
 from shared.cli.stream import main
-from shared.specs.echostream import BOS, PAD
+from shared.simultaneous import SessionState
+from shared.specs.echostream import PAD
 
 
-class StreamSession:
+class StreamSession(SessionState):
     """One utterance through the streaming Emformer (its state carried between chunks, so
     each chunk costs the same however long the utterance), with the heads that read the
     encoder frames. Both CTC heads run on the new frames only: ASR CTC is per frame, ST
     CTC is causal, with its keys and values cached."""
 
-    def __init__(self, model, segment_length: int | None = None):
-        """segment_length: the encoder's segment (None: the model's; 0: the whole
-        utterance), for a model trained on several (model.train_segment_lengths)."""
-        self.model = model
-        self.state = model.init_stream(segment_length)
-        self.frames, self.asr, self.st, self.st_cache = [], [], [], []
-        self.frames_seen = 0
-        # MT decoder: keys/values of the accepted tokens and of the frames seen so far
-        self.mt_cache, self.frames_in_cache = model.mt_decoder.new_cache(), 0
-        self.last_token, self.pending, self.mt_states = BOS, None, []
-        self.unit_cache = model.unit_decoder.new_cache()
+    id_dtype = np.int32
 
     def push(self, features: np.ndarray) -> int:
         """(n, n_mels) new feature frames -> number of new encoder frames."""
@@ -49,20 +40,6 @@ class StreamSession:
     def encoder_out(self):
         return mx.concatenate(self.frames, axis=1) if self.frames else None
 
-    def asr_argmax(self) -> np.ndarray:
-        return np.concatenate(self.asr) if self.asr else np.zeros(0, np.int32)
-
-    def st_argmax(self) -> np.ndarray:
-        return np.concatenate(self.st) if self.st else np.zeros(0, np.int32)
-
-    @property
-    def n_frames(self) -> int:
-        return self.frames_seen
-
-    @property
-    def n_states(self) -> int:
-        return len(self.mt_states)
-
     def mt_propose(self) -> int:
         """Greedy next MT token over every encoder frame so far. Only the last accepted
         token is fed (the others are in the cache); nothing is kept until mt_accept."""
@@ -76,13 +53,6 @@ class StreamSession:
         scores = logits[0, -1].astype(mx.float32)
         scores = mx.where(mx.arange(scores.shape[0]) == PAD, -mx.inf, scores)   # PAD never predicted
         return int(mx.argmax(scores).item())
-
-    def mt_accept(self, token: int):
-        """Keep the proposed token: its input's keys/values and state are final."""
-        states, keys_values = self.pending
-        self.model.mt_decoder.commit(self.mt_cache, keys_values)
-        self.mt_states.append(states)
-        self.last_token, self.pending = token, None
 
     def unit_argmax(self, start: int, end: int) -> np.ndarray:
         """Unit ids at the positions of MT states start..end-1 (start: the first state

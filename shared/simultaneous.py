@@ -17,11 +17,11 @@ Before the source has ended, an EOS prediction is never written: the decoder sto
 READs (StreamSpeech does the same); at the end every policy writes to EOS.
 
 The backend session supplies the math and nothing else (mlx_models/stream.py,
-torch_models/stream.py): `push(features)`, `finish()`, `n_frames`, `asr_argmax()`,
-`st_argmax()`, `mt_propose() -> token` (greedy next token over the frames so far, not yet
-kept), `mt_accept(token)` (keep it: its keys/values and its state), `n_states`, and
-`unit_argmax(start, end)` (per-position unit ids of the states start..end, the unit
-decoder run over states 0..end).
+torch_models/stream.py, on SessionState's bookkeeping): `push(features)`, `finish()`,
+`n_frames`, `asr_argmax()`, `st_argmax()`, `mt_propose() -> token` (greedy next token over
+the frames so far, not yet kept), `mt_accept(token)` (keep it: its keys/values and its
+state), `n_states`, and `unit_argmax(start, end)` (per-position unit ids of the states
+start..end, the unit decoder run over states 0..end).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shared.audio.fbank import CMVN, FbankOptions, StreamingFbank
-from shared.specs.echostream import BLANK, ENCODER_FRAME_MS, EOS, chunk_segment_length
+from shared.specs.echostream import BLANK, BOS, ENCODER_FRAME_MS, EOS, chunk_segment_length
 
 POLICIES = ("ctc", "wait-k", "offline")
 
@@ -130,6 +130,47 @@ class GrowingCTC:
         only those not seen before are read)."""
         self.push(np.asarray(labels).reshape(-1)[self.frames_seen:])
         return self.length
+
+
+class SessionState:
+    """What a backend's StreamSession keeps between chunks, the same on both backends: the
+    streaming encoder's state and frames, the CTC heads' per-chunk argmaxes, and the MT and
+    unit decoders' caches, written tokens and states. The backends add the math (push,
+    finish, mt_propose, unit_argmax) and `id_dtype`, the dtype of an empty transcript."""
+    id_dtype = np.int64
+
+    def __init__(self, model, segment_length: int | None = None):
+        """segment_length: the encoder's segment (None: the model's; 0: the whole
+        utterance), for a model trained on several (model.train_segment_lengths)."""
+        self.model = model
+        self.state = model.init_stream(segment_length)
+        self.frames, self.asr, self.st, self.st_cache = [], [], [], []
+        self.frames_seen = 0
+        # MT decoder: keys/values of the accepted tokens and of the frames seen so far
+        self.mt_cache, self.frames_in_cache = model.mt_decoder.new_cache(), 0
+        self.last_token, self.pending, self.mt_states = BOS, None, []
+        self.unit_cache = model.unit_decoder.new_cache()
+
+    def asr_argmax(self) -> np.ndarray:
+        return np.concatenate(self.asr) if self.asr else np.zeros(0, self.id_dtype)
+
+    def st_argmax(self) -> np.ndarray:
+        return np.concatenate(self.st) if self.st else np.zeros(0, self.id_dtype)
+
+    @property
+    def n_frames(self) -> int:
+        return self.frames_seen
+
+    @property
+    def n_states(self) -> int:
+        return len(self.mt_states)
+
+    def mt_accept(self, token: int):
+        """Keep the proposed token: its input's keys/values and state are final."""
+        states, keys_values = self.pending
+        self.model.mt_decoder.commit(self.mt_cache, keys_values)
+        self.mt_states.append(states)
+        self.last_token, self.pending = token, None
 
 
 class SimultaneousTranslator:

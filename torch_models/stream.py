@@ -6,28 +6,21 @@ import numpy as np
 import torch
 
 from shared.cli.stream import main
-from shared.specs.echostream import BOS, PAD
+from shared.simultaneous import SessionState
+from shared.specs.echostream import PAD
 from torch_models.models import load_model
 from torch_models.trainer import default_device
 
 
-class StreamSession:
+class StreamSession(SessionState):
     """One utterance through the streaming Emformer (its state carried between chunks, so
     each chunk costs the same however long the utterance), with the heads that read the
     encoder frames. Both CTC heads run on the new frames only: ASR CTC is per frame, ST
     CTC is causal, with its keys and values cached."""
 
     def __init__(self, model, device, segment_length: int | None = None):
-        """segment_length: the encoder's segment (None: the model's; 0: the whole
-        utterance), for a model trained on several (model.train_segment_lengths)."""
-        self.model, self.device = model, device
-        self.state = model.init_stream(segment_length)
-        self.frames, self.asr, self.st, self.st_cache = [], [], [], []
-        self.frames_seen = 0
-        # MT decoder: keys/values of the accepted tokens and of the frames seen so far
-        self.mt_cache, self.frames_in_cache = model.mt_decoder.new_cache(), 0
-        self.last_token, self.pending, self.mt_states = BOS, None, []
-        self.unit_cache = model.unit_decoder.new_cache()
+        self.device = device
+        super().__init__(model, segment_length)
 
     @torch.no_grad()
     def push(self, features: np.ndarray) -> int:
@@ -53,20 +46,6 @@ class StreamSession:
     def encoder_out(self):
         return torch.cat(self.frames, dim=1) if self.frames else None
 
-    def asr_argmax(self) -> np.ndarray:
-        return np.concatenate(self.asr) if self.asr else np.zeros(0, np.int64)
-
-    def st_argmax(self) -> np.ndarray:
-        return np.concatenate(self.st) if self.st else np.zeros(0, np.int64)
-
-    @property
-    def n_frames(self) -> int:
-        return self.frames_seen
-
-    @property
-    def n_states(self) -> int:
-        return len(self.mt_states)
-
     @torch.no_grad()
     def mt_propose(self) -> int:
         """Greedy next MT token over every encoder frame so far. Only the last accepted
@@ -81,13 +60,6 @@ class StreamSession:
         scores = logits[0, -1].float()
         scores[PAD] = -torch.inf   # PAD is never predicted
         return int(torch.argmax(scores))
-
-    def mt_accept(self, token: int):
-        """Keep the proposed token: its input's keys/values and state are final."""
-        states, keys_values = self.pending
-        self.model.mt_decoder.commit(self.mt_cache, keys_values)
-        self.mt_states.append(states)
-        self.last_token, self.pending = token, None
 
     @torch.no_grad()
     def unit_argmax(self, start: int, end: int) -> np.ndarray:
