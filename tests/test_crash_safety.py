@@ -96,6 +96,16 @@ def resume_as_told(run_dir: Path):
         return None, "complete"
 
 
+def train_until_killed(fault, run_dir: Path, **kw) -> None:
+    """train(run_dir) with `fault` called at every durable write; it must end in Killed."""
+    durable.set_fault(fault)
+    try:
+        with pytest.raises(Killed):
+            train(run_dir, **kw)
+    finally:
+        durable.set_fault(None)
+
+
 def kill_and_resume(n: int, tmp_path: Path, data_dir: Path | None):
     """Kill a run at its n-th durable write, resume a copy of what was on disk; returns
     (the resumed run's directory, the run, how it went on). data_dir: a built data cache to
@@ -108,12 +118,7 @@ def kill_and_resume(n: int, tmp_path: Path, data_dir: Path | None):
         if count == n:
             shutil.copytree(original, copy)
             raise Killed(what)
-    durable.set_fault(fault)
-    try:
-        with pytest.raises(Killed):
-            train(original)
-    finally:
-        durable.set_fault(None)
+    train_until_killed(fault, original)
     shutil.rmtree(original)         # the copy must not need it
     run, how = resume_as_told(copy)
     return copy, run, how
@@ -183,12 +188,7 @@ def kill_and_resume_twice(point: int, tmp_path: Path, data_dir: Path):
     def fault(count, what):
         if count == 33:
             raise Killed(what)
-    durable.set_fault(fault)
-    try:
-        with pytest.raises(Killed):
-            train(first)
-    finally:
-        durable.set_fault(None)
+    train_until_killed(fault, first)
     rows = metric_rows(first)
     assert rows[-1] == {"step": 6, "loss": rows[-1]["loss"], "lr": rows[-1]["lr"],
                         "grad_norm": rows[-1]["grad_norm"]}
@@ -199,12 +199,7 @@ def kill_and_resume_twice(point: int, tmp_path: Path, data_dir: Path):
         if count == point:
             shutil.copytree(first, second)
             raise Killed(what)
-    durable.set_fault(fault_in_resume)
-    try:
-        with pytest.raises(Killed):
-            train(first, resume=find_checkpoint(first))
-    finally:
-        durable.set_fault(None)
+    train_until_killed(fault_in_resume, first, resume=find_checkpoint(first))
     assert seen[0] == "rewriting metrics.jsonl up to step 3"
     kept = metric_rows(second)
     assert kept in (rows, [r for r in rows if r["step"] <= 3])   # the old file or the new one
